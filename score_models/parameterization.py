@@ -1,0 +1,197 @@
+"""A network plus a schedule plus a prediction type: the object every sampler drives.
+
+Every prediction type is an invertible linear map of (x0, eps) given x_t = alpha x0 + sigma eps:
+
+=========  ===========================================  ==================================
+kind       network output                               reference
+=========  ===========================================  ==================================
+eps        eps                                          Ho et al. 2020
+x0         x0 = E[x0 | x_t] (the denoiser D)            Karras et al. 2022
+v          alpha eps - sigma x0                         Salimans & Ho 2022, sec. 4
+score      grad log p_t(x) = -eps / sigma               Song et al. 2021
+flow       dx_t/dt = alpha' x0 + sigma' eps             Lipman et al. 2023; Liu et al. 2023
+=========  ===========================================  ==================================
+
+``split`` turns an output into (x0, eps) and ``combine`` turns (x0, eps) into an output; both
+are exact for any alpha, sigma (v uses alpha^2 + sigma^2, so it works off VP schedules too).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Tuple
+
+import torch
+
+from .schedules import Schedule, TimeLike, as_time
+
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
+
+__all__ = ["DiffusionModel", "PREDICTIONS", "split", "combine", "Coefficients", "per_sample"]
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A float64 time-coefficient as a Python float (scalar t) or as a tensor in ``like``'s
+    dtype and device shaped [B, 1, ...] to broadcast over a batch (per-sample t)."""
+    if values.dim() == 0:
+        return float(values)
+    return values.reshape((-1,) + (1,) * (like.dim() - 1)).to(device=like.device, dtype=like.dtype)
+
+
+class Coefficients:
+    """alpha, sigma and their time derivatives at t, as Python floats (scalar t) or as float64
+    tensors shaped to broadcast over a batch (per-sample t); cast to the state's dtype on use."""
+
+    __slots__ = ("alpha", "sigma", "dalpha", "dsigma")
+
+    def __init__(self, schedule: Schedule, t: TimeLike, like: torch.Tensor, derivatives: bool = False):
+        tt = as_time(t)
+        values = [schedule.alpha(tt), schedule.sigma(tt)]
+        if derivatives:
+            values += [schedule.dalpha_dt(tt), schedule.dsigma_dt(tt)]
+        values = [per_sample(v, like) for v in values]
+        self.alpha, self.sigma = values[0], values[1]
+        self.dalpha, self.dsigma = (values[2], values[3]) if derivatives else (None, None)
+
+
+def _check_kind(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+
+
+def split(prediction: str, out: torch.Tensor, x: torch.Tensor, c: Coefficients) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) implied by a network output of the given kind at state x."""
+    _check_kind(prediction)
+    a, s = c.alpha, c.sigma
+    if prediction == "eps":
+        return (x - s * out) / a, out
+    if prediction == "x0":
+        return out, (x - a * out) / s
+    if prediction == "v":
+        norm = a * a + s * s
+        return (a * x - s * out) / norm, (s * x + a * out) / norm
+    if prediction == "score":
+        return (x + s * s * out) / a, -s * out
+    # flow: solve [a s; a' s'] [x0; eps] = [x; u]
+    det = a * c.dsigma - s * c.dalpha
+    return (c.dsigma * x - s * out) / det, (a * out - c.dalpha * x) / det
+
+
+def combine(prediction: str, x0: torch.Tensor, eps: torch.Tensor, c: Coefficients) -> torch.Tensor:
+    """The network output of the given kind that corresponds to (x0, eps)."""
+    _check_kind(prediction)
+    a, s = c.alpha, c.sigma
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return a * eps - s * x0
+    if prediction == "score":
+        return -eps / s
+    return c.dalpha * x0 + c.dsigma * eps
+
+
+class _Counter:
+    """Shared between a model and its conditioned views, so all network calls add up."""
+
+    __slots__ = ("nfe", "passes")
+
+    def __init__(self) -> None:
+        self.nfe = 0
+        self.passes = 0
+
+
+class DiffusionModel:
+    """Wrap ``net(x, t, **cond)`` (t in the schedule's own units) as a diffusion model.
+
+    Gives eps, x0, v, score and flow predictions at (x, t), the denoiser D(x~, sigma~) in the
+    scaled space x~ = x/alpha, sigma~ = sigma/alpha (Karras et al. 2022, sec. 2-4) and the
+    probability-flow ODE drift dx/dt = f x + g^2 eps / (2 sigma) (Song et al. 2021, eq. 13).
+    Every call of the network is counted in ``nfe`` (one per batched call); ``reset_nfe()``
+    zeroes it. Conditioning (e.g. ``class_labels=y``) passes through as keyword arguments, or
+    is bound once with :meth:`with_condition`.
+    """
+
+    def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps"):
+        _check_kind(prediction)
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a score_models Schedule, got {type(schedule).__name__}")
+        self.net = net
+        self.schedule = schedule
+        self.prediction = prediction
+        self._counter = _Counter()
+        self._bound: dict[str, Any] = {}
+        # dtype the network's time input is cast to; None = the state's dtype.
+        self.net_time_dtype: torch.dtype | None = None
+
+    # --- counting ------------------------------------------------------------------------
+    @property
+    def nfe(self) -> int:
+        """Network evaluations since creation or the last :meth:`reset_nfe`."""
+        return self._counter.nfe
+
+    def reset_nfe(self) -> None:
+        self._counter.nfe = 0
+        self._counter.passes = 0
+
+    def with_condition(self, **cond: Any) -> "DiffusionModel":
+        """A view of this model with conditioning bound (shares the network and the NFE count)."""
+        view = copy.copy(self)
+        view._bound = {**self._bound, **cond}
+        return view
+
+    # --- the one place the network is called ---------------------------------------------
+    def raw(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        """The network's own output at (x, t); counts one NFE."""
+        tt = as_time(t)
+        t_net = self.schedule.net_input(tt).to(device=x.device, dtype=self.net_time_dtype or x.dtype)
+        if t_net.dim() == 0:
+            t_net = t_net.expand(x.shape[0])
+        self._counter.nfe += 1
+        self._counter.passes += 1
+        return self.net(x, t_net, **{**self._bound, **cond})
+
+    def x0_and_eps(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(E[x0 | x_t], E[eps | x_t]) from one network evaluation."""
+        c = Coefficients(self.schedule, t, x, derivatives=self.prediction == "flow")
+        return split(self.prediction, self.raw(x, t, **cond), x, c)
+
+    def predict(self, kind: str, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        """Prediction of any kind in :data:`PREDICTIONS` from one network evaluation."""
+        _check_kind(kind)
+        out = self.raw(x, t, **cond)
+        if kind == self.prediction:
+            return out
+        c = Coefficients(self.schedule, t, x, derivatives="flow" in (kind, self.prediction))
+        return combine(kind, *split(self.prediction, out, x, c), c)
+
+    def eps(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        return self.predict("eps", x, t, **cond)
+
+    def x0(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        return self.predict("x0", x, t, **cond)
+
+    def v(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        return self.predict("v", x, t, **cond)
+
+    def score(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        return self.predict("score", x, t, **cond)
+
+    def flow(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        return self.predict("flow", x, t, **cond)
+
+    def denoiser(self, x_tilde: torch.Tensor, sigma_tilde: TimeLike, **cond: Any) -> torch.Tensor:
+        """D(x~, sigma~) = E[x0 | x~] in the scaled space (Karras et al. 2022, eq. 3 onwards)."""
+        t = self.schedule.t_from_sigma_tilde(sigma_tilde)
+        alpha = Coefficients(self.schedule, t, x_tilde).alpha
+        return self.x0(alpha * x_tilde, t, **cond)
+
+    def ode_drift(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        """Probability-flow ODE dx/dt = f(t) x + g(t)^2 eps / (2 sigma(t)) (Song et al. 2021, eq. 13)."""
+        tt = as_time(t)
+        f = per_sample(self.schedule.f(tt), x)
+        half_g2_over_sigma = per_sample(0.5 * self.schedule.g2(tt) / self.schedule.sigma(tt), x)
+        return f * x + half_g2_over_sigma * self.eps(x, t, **cond)
+
+    def __repr__(self) -> str:
+        return f"DiffusionModel(prediction={self.prediction!r}, schedule={self.schedule!r})"

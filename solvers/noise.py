@@ -1,0 +1,13 @@
+"""Randomness only through a torch.Generator (DESIGN.md section 4)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def randn_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn from ``generator`` on the generator's device
+    (so a CPU generator gives the same numbers whether x lives on the CPU or a GPU)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)

@@ -1,0 +1,123 @@
+"""Deterministic (and churned) solvers of the probability-flow ODE.
+
+All work in the scaled space x~ = x/alpha, sigma~ = sigma/alpha, where the PF-ODE reads
+dx~/dsigma~ = (x~ - D(x~, sigma~)) / sigma~ for every affine schedule (Karras et al. 2022,
+eq. 4 with s = 1): one code path for VP, VE, EDM and rectified flow. A grid that ends at
+sigma~ = 0 makes the last step an Euler step, which lands exactly on D (no NFE at sigma = 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torchdiffeq import odeint
+
+from score_models.fields import ScaledProbabilityFlowODE
+from score_models.parameterization import DiffusionModel
+
+from .noise import randn_like
+from .registry import register
+
+__all__ = ["euler", "heun", "rk45"]
+
+
+def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
+    """D(x~, sigma~(t)): the model's x0-prediction at the unscaled state alpha x~."""
+    return model.x0(alpha * x_tilde, t)
+
+
+@register("euler", order=1, stochastic=False, nfe_rule="N (one per step)",
+          nfe_for_steps=lambda n, ends_at_data: n, paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3")
+def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
+          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Euler's method on the PF-ODE in the scaled space (Karras et al. 2022, eq. 4 and sec. 3).
+
+    x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) (x~_i - D(x~_i, sigma~_i)) / sigma~_i.
+    Equal to deterministic DDIM (Song et al. 2021a, eq. 13) on the same grid.
+    """
+    sched = model.schedule
+    sigmas, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
+    x = x_T / alphas[0]
+    for i in range(len(sigmas) - 1):
+        d = (x - _denoise(model, x, times[i], alphas[i])) / sigmas[i]
+        x = x + (sigmas[i + 1] - sigmas[i]) * d
+    return alphas[-1] * x
+
+
+@register("heun", order=2, stochastic=False,
+          nfe_rule="2N-1 when the grid ends at sigma=0 (last step Euler), else 2N",
+          nfe_for_steps=lambda n, ends_at_data: 2 * n - 1 if ends_at_data else 2 * n,
+          paper="Karras et al. 2022, Algorithms 1 and 2",
+          stochastic_if=lambda o: o["s_churn"] > 0)
+def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
+         s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Heun's 2nd-order method, Karras et al. 2022 Algorithm 1; with s_churn > 0 the stochastic
+    Algorithm 2 (noise raised by gamma_i = min(s_churn/N, sqrt(2)-1) while s_tmin <= sigma~ <= s_tmax).
+
+    Churn never lifts sigma~ above the grid's first noise level, so the network is only
+    evaluated inside the schedule's time range.
+    """
+    if s_churn < 0 or s_noise < 0:
+        raise ValueError(f"s_churn and s_noise must be >= 0, got {s_churn}, {s_noise}")
+    sched = model.schedule
+    sigmas, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
+    n_steps = len(sigmas) - 1
+    gamma_max = min(s_churn / n_steps, math.sqrt(2.0) - 1.0)
+    x = x_T / alphas[0]
+    for i in range(n_steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        t_hat, sigma_hat, alpha_hat = times[i], sigma, alphas[i]
+        # Algorithm 2, lines 4-6: temporarily raise the noise level ("churn").
+        if gamma_max > 0 and s_tmin <= sigma <= s_tmax:
+            sigma_hat = min(sigma * (1.0 + gamma_max), sigmas[0])
+            t_hat = sched.t_from_sigma_tilde(sigma_hat)
+            alpha_hat = float(sched.alpha(t_hat))
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
+        # Algorithm 1, lines 4-5: Euler step.
+        d = (x - _denoise(model, x, t_hat, alpha_hat)) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * d
+        # Lines 6-8: trapezoidal correction, unless the step ends at sigma = 0.
+        if sigma_next != 0:
+            d_next = (x_next - _denoise(model, x_next, times[i + 1], alphas[i + 1])) / sigma_next
+            x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+        x = x_next
+    return alphas[-1] * x
+
+
+@register("rk45", order=5, stochastic=False,
+          nfe_rule="adaptive: counted (rejected steps included); nfe is a cap; +1 for the final denoising step",
+          nfe_for_steps=None, paper="Dormand & Prince 1980 via torchdiffeq; Song et al. 2021, sec. 4.3",
+          grid_options=("t_min", "t_max", "to_zero"))
+def rk45(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
+         rtol: float = 1e-5, atol: float = 1e-5, generator: Optional[torch.Generator] = None,
+         max_nfe: Optional[int] = None, stats: Optional[dict] = None) -> torch.Tensor:
+    """Adaptive Dormand-Prince 5(4) (torchdiffeq ``dopri5``) on the scaled PF-ODE from
+    sigma~(t_max) to sigma~(t_min); if the grid ends at sigma = 0, one final denoising step
+    x = D(x~, sigma~_min) (score-SDE's "noise removal", Song et al. 2021, sec. 4.3).
+
+    Every evaluation is counted by the model, rejected steps included. ``max_nfe`` caps them:
+    past it, :class:`score_models.fields.NFEBudgetExceeded` is raised, never a truncated solve.
+    """
+    if rtol <= 0 or atol <= 0:
+        raise ValueError(f"rtol and atol must be > 0, got {rtol}, {atol}")
+    sched = model.schedule
+    ends_at_data = bool(times[-1] == sched.t_data)
+    ode_times = times[:-1] if ends_at_data else times
+    sigmas, alphas = sched.sigma_tilde(ode_times), sched.alpha(ode_times).tolist()
+    if max_nfe is not None and max_nfe < 1 + ends_at_data:
+        raise ValueError(f"rk45 needs nfe >= {1 + ends_at_data} (got {max_nfe})")
+    field = ScaledProbabilityFlowODE(model, max_nfe=None if max_nfe is None else max_nfe - ends_at_data)
+    x = x_T / alphas[0]
+    if sigmas.numel() > 1:
+        # step_t makes steps land on the grid instead of stepping past sigma~_min (into sigma~ < 0)
+        # and interpolating back, which is torchdiffeq's default.
+        x = odeint(field, x, sigmas, rtol=rtol, atol=atol, method="dopri5", options={"step_t": sigmas})[-1]
+    if ends_at_data:
+        x = _denoise(model, x, ode_times[-1], alphas[-1])
+    else:
+        x = alphas[-1] * x
+    if stats is not None:
+        stats.update(accepted_steps=field.accepted_steps, rejected_steps=field.rejected_steps)
+    return x
