@@ -94,7 +94,7 @@ class GaussianMixture(DiffusionModel):
     def _components(self, x: torch.Tensor, t: TimeLike):
         """Flattened float64 state, alpha and sigma as [B, 1, 1], per-component terms."""
         b = x.shape[0]
-        xf = x.detach().to(torch.float64).reshape(b, 1, -1)  # [B, 1, D]
+        xf = x.to(torch.float64).reshape(b, 1, -1)  # [B, 1, D] (differentiable: log_prob's gradient is the score)
         tt = as_time(t).to(xf.device)
         tt = tt.expand(b) if tt.dim() == 0 else tt
         alpha = self.schedule.alpha(tt).reshape(b, 1, 1).to(xf.device)

@@ -17,7 +17,11 @@ class NFEBudgetExceeded(RuntimeError):
 
 class ProbabilityFlowODE(torch.nn.Module):
     """dx/dt = f(t) x - g(t)^2 score(x, t) / 2 (Song et al. 2021, eq. 13), as ``f(t, x)`` for
-    ``torchdiffeq.odeint`` (integrate from t_max down to t_min)."""
+    ``torchdiffeq.odeint`` (integrate from t_max down to t_min).
+
+    Pass ``options={"step_t": ts}`` to odeint's adaptive solvers: by default they step past the
+    last time and interpolate back, which would evaluate the network below t_min.
+    """
 
     def __init__(self, model: DiffusionModel, **cond: Any):
         super().__init__()

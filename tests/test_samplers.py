@@ -1,0 +1,229 @@
+import math
+
+import pytest
+import torch
+
+import solvers
+from benchmarks.convergence import ORDER_CASES, endpoint_errors, fitted_order
+from score_models import EDM, DiscreteVP, NFEBudgetExceeded, ReverseSDE, RectifiedFlow, VPLinear, zoo
+from solvers.grids import time_grid
+
+from conftest import rms
+
+
+def noise_for(model, n=64, seed=0):
+    return torch.randn((n,) + model.sample_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- exact ground truth: convergence orders ------------------------------------------------
+@pytest.mark.parametrize("model_name", ["gmm:mix16d", "gmm:image3x8x8"])
+@pytest.mark.parametrize("schedule", ["vp_linear", "edm"])
+@pytest.mark.parametrize("sampler", sorted(ORDER_CASES))
+def test_fitted_order_matches_the_method(model_name, schedule, sampler):
+    model = zoo.load(model_name, schedule=schedule)
+    budgets, options = ORDER_CASES[sampler]
+    nfes, errors = endpoint_errors(sampler, model, noise_for(model), budgets, **options)
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    order = fitted_order(nfes, errors)
+    assert abs(order - solvers.get(sampler).order) <= 0.3, (order, errors)
+
+
+@pytest.mark.parametrize("schedule", ["vp_linear", "edm", "ddpm_linear"])
+def test_rk45_error_is_within_ten_times_its_tolerance(schedule):
+    model = zoo.load("gmm:mix16d", schedule=schedule)
+    noise = noise_for(model)
+    for tol in (1e-4, 1e-6):
+        _, (err,) = endpoint_errors("rk45", model, noise, [100_000], rtol=tol, atol=tol, to_zero=False)
+        assert err < 10 * tol, (tol, err)
+
+
+def test_denoising_to_zero_lands_on_the_exact_data_endpoint():
+    model = zoo.load("gmm:mix16d", schedule="edm")
+    nfes, errors = endpoint_errors("heun", model, noise_for(model), [63, 255], grid="edm")
+    assert errors[1] < errors[0] / 8 and errors[1] < 1e-3
+
+
+def test_euler_is_deterministic_ddim():
+    """Deterministic DDIM (Song et al. 2021a, eq. 12 with sigma_t = 0) on the same grid."""
+    model = zoo.load("gmm:mix16d", schedule=DiscreteVP.linear())
+    s = model.schedule
+    times = time_grid(s, 10, "uniform")
+    noise = noise_for(model)
+    x = noise.clone()
+    for t, t_next in zip(times[:-1], times[1:]):
+        a, a_next, sg, sg_next = (float(v) for v in (s.alpha(t), s.alpha(t_next), s.sigma(t), s.sigma(t_next)))
+        eps = model.eps(x, t)
+        x = a_next * (x - sg * eps) / a + sg_next * eps
+    assert rms(solvers.sample("euler", model, noise, grid=times), x) < 1e-12
+
+
+def test_euler_on_rectified_flow_is_euler_on_the_velocity():
+    model = zoo.load("gmm:mix16d", schedule=RectifiedFlow())
+    times = time_grid(model.schedule, 12, "uniform")
+    noise = noise_for(model)
+    x = noise.clone()
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x + float(t_next - t) * model.flow(x, t)
+    assert rms(solvers.sample("euler", model, noise, grid=times), x) < 1e-12
+
+
+def test_heun_on_edm_is_karras_algorithm_1():
+    """Algorithm 1 written out literally for sigma(t) = t, s(t) = 1."""
+    model = zoo.load("gmm:mix16d", schedule=EDM())
+    noise = noise_for(model)
+    n = 6
+    rho, smax, smin = 7.0, 80.0, 0.002
+    ts = [(smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho for i in range(n)] + [0.0]
+    x = noise * ts[0]
+    for i in range(n):
+        d = (x - model.x0(x, ts[i])) / ts[i]
+        x_next = x + (ts[i + 1] - ts[i]) * d
+        if ts[i + 1] != 0:
+            x_next = x + (ts[i + 1] - ts[i]) * (0.5 * d + 0.5 * (x_next - model.x0(x_next, ts[i + 1])) / ts[i + 1])
+        x = x_next
+    assert rms(solvers.sample("heun", model, noise, nfe=2 * n - 1, grid="edm"), x) < 1e-10
+
+
+# --- counted NFE equals the registered formula -------------------------------------------------
+@pytest.mark.parametrize("name", solvers.available())
+def test_counted_nfe_equals_the_registered_rule(name):
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    noise = torch.randn(16, 2)
+    spec = solvers.get(name)
+    for to_zero in (True, False):
+        for budget in (1, 2, 3, 7, 10, 25):
+            stats = {}
+            model.reset_nfe()
+            try:
+                solvers.sample(name, model, noise, nfe=budget, generator=torch.Generator().manual_seed(0),
+                               stats=stats, to_zero=to_zero)
+            except (ValueError, NFEBudgetExceeded):
+                # Below the minimum or an adaptive solve that needs more: nothing over budget ran.
+                assert model.nfe <= budget
+                continue
+            assert stats["nfe"] == model.nfe <= budget
+            if not spec.adaptive:
+                assert stats["nfe"] == spec.nfe_for_steps(stats["n_steps"], to_zero)
+                best = max(n for n in range(1, budget + 1) if spec.nfe_for_steps(n, to_zero) <= budget)
+                assert stats["n_steps"] == best
+
+
+def test_heun_budget_conventions():
+    assert solvers.get("heun").nfe_for_steps(18, True) == 35  # EDM's 35-NFE CIFAR-10 setting
+    model = zoo.load("gmm:ring8", schedule="edm")
+    stats = {}
+    solvers.sample("heun", model, torch.randn(4, 2), nfe=36, stats=stats)
+    assert stats == {"nfe": 35, "n_steps": 18}  # even budgets cannot be met exactly: at most N
+
+
+def test_rk45_cap_is_enforced_and_reported():
+    model = zoo.load("gmm:mix16d", schedule="vp_linear")
+    model.reset_nfe()
+    with pytest.raises(NFEBudgetExceeded, match="more than 19 network evaluations"):
+        solvers.sample("rk45", model, noise_for(model), nfe=20, rtol=1e-8, atol=1e-8)
+    assert model.nfe == 19  # the cap less the final denoising step; evaluation 20 never ran
+    stats = {}
+    solvers.sample("rk45", model, noise_for(model), nfe=None, stats=stats)
+    assert stats["nfe"] > 0 and stats["accepted_steps"] > 0
+    # dopri5: 2 evaluations to pick h0, 6 per attempted step (FSAL), +1 final denoising step.
+    assert stats["nfe"] == 2 + 6 * (stats["accepted_steps"] + stats["rejected_steps"]) + 1
+
+
+# --- randomness --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,options", [("euler_maruyama", {}), ("heun", {"s_churn": 10.0})])
+def test_same_seed_same_samples_different_seed_different(name, options):
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    assert solvers.get(name).is_stochastic(options)
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(5))
+    run = lambda seed: solvers.sample(name, model, noise, nfe=20, generator=torch.Generator().manual_seed(seed), **options)
+    assert torch.equal(run(1), run(1))
+    assert not torch.allclose(run(1), run(2))
+
+
+def test_deterministic_samplers_ignore_the_generator():
+    model = zoo.load("gmm:ring8", schedule="edm")
+    noise = torch.randn(8, 2)
+    for name in ("euler", "heun", "rk45"):
+        a = solvers.sample(name, model, noise, nfe=500, generator=torch.Generator().manual_seed(1))
+        b = solvers.sample(name, model, noise, nfe=500, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(a, b)
+        assert not solvers.get(name).is_stochastic({})
+
+
+# --- the reverse SDE ---------------------------------------------------------------------------
+def test_euler_maruyama_equals_torchsde_on_the_same_brownian_path():
+    torchsde = pytest.importorskip("torchsde")
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    s = model.schedule
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    times = time_grid(s, 40, "uniform", to_zero=False)
+    bm = torchsde.BrownianInterval(t0=-s.t_max, t1=-s.t_min, size=x_T.shape, dtype=torch.float64, entropy=7)
+    # torchsde steps by dt and interpolates onto ts; one dt per grid interval makes it step on the grid.
+    theirs = torchsde.sdeint(ReverseSDE(model), x_T, -times, bm=bm, method="euler", dt=float(times[0] - times[1]))[-1]
+    ours = solvers.sample("euler_maruyama", model, x_T, grid=times, brownian=bm)
+    # Not 1e-12: torchsde accumulates t by repeated += dt and interpolates onto ts, so its step
+    # ends differ from the grid by round-off.
+    assert rms(ours, theirs) < 1e-6
+
+
+def test_euler_maruyama_samples_the_data_distribution():
+    """With the exact score, 500 EM steps reproduce the data mean and covariance (n = 4000)."""
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    x = solvers.sample("euler_maruyama", model, noise, nfe=500, generator=g)
+    assert torch.allclose(x.mean(0), model.data_mean(), atol=0.1)
+    assert torch.allclose(torch.cov(x.T), model.data_covariance(), atol=0.25)
+    # every sample sits near one of the 8 modes (std 0.3): distance to nearest mean
+    nearest = torch.cdist(x, model.means).min(dim=1).values
+    assert float((nearest < 1.2).double().mean()) > 0.98
+
+
+# --- errors name the bad value and the valid choices --------------------------------------------
+def test_errors_name_valid_choices():
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    noise = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"unknown sampler 'hune'; valid: euler, euler_maruyama, heun"):
+        solvers.sample("hune", model, noise, nfe=10)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: grid, rho, t_min, t_max, to_zero, s_churn"):
+        solvers.sample("heun", model, noise, nfe=10, churn=1.0)
+    with pytest.raises(ValueError, match=r"heun needs nfe >= 2 \(got 1\)"):
+        solvers.sample("heun", model, noise, nfe=1, to_zero=False)
+    with pytest.raises(ValueError, match=r"unknown grid 'karras'; valid: uniform, quadratic, edm, logsnr"):
+        solvers.sample("euler", model, noise, nfe=10, grid="karras")
+    with pytest.raises(ValueError, match="needs nfe="):
+        solvers.sample("euler", model, noise)
+    with pytest.raises(ValueError, match="outside vp_linear's valid range"):
+        solvers.sample("euler", model, noise, nfe=10, t_max=2.0)
+    with pytest.raises(ValueError, match="needs 19 NFE, more than nfe=5"):
+        solvers.sample("heun", model, noise, nfe=5, grid=time_grid(model.schedule, 10, "uniform"))
+    with pytest.raises(ValueError, match="unknown option"):
+        solvers.sample("rk45", model, noise, nfe=100, grid="edm")
+    with pytest.raises(ValueError, match="rtol and atol must be > 0"):
+        solvers.sample("rk45", model, noise, nfe=100, rtol=0.0)
+
+
+def test_registry_metadata_and_registration_checks():
+    for name in solvers.available():
+        spec = solvers.get(name)
+        assert spec.paper and spec.nfe_rule and spec.order is not None
+    with pytest.raises(ValueError, match="registered twice"):
+        solvers.register("euler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e: n,
+                         paper="x")(lambda model, x_T, times, *, generator=None: x_T)
+    with pytest.raises(TypeError, match="keyword-only with a default"):
+        solvers.register("bad_sampler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e: n,
+                         paper="x")(lambda model, x_T, times, k, *, generator=None: x_T)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        solvers.register("bad_rule", order=1, stochastic=False, nfe_rule="1", nfe_for_steps=lambda n, e: 1,
+                         paper="x")(lambda model, x_T, times, *, generator=None: x_T)
+    assert "bad_sampler" not in solvers.available() and "bad_rule" not in solvers.available()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_samplers_run_on_cuda_with_a_cpu_generator():
+    model = zoo.load("gmm:image3x8x8", schedule="edm")
+    noise = torch.randn(8, 3, 8, 8)
+    for name in solvers.available():
+        cpu = solvers.sample(name, model, noise, nfe=20, generator=torch.Generator().manual_seed(0))
+        gpu = solvers.sample(name, model, noise.cuda(), nfe=20, generator=torch.Generator().manual_seed(0))
+        assert gpu.device.type == "cuda" and rms(cpu, gpu.cpu()) < 1e-4
