@@ -82,7 +82,7 @@ class GaussianMixture(DiffusionModel):
         self.weights = weights / weights.sum()
         self.means = means.reshape(k, -1)  # [K, D]
         self.variances = (stds**2).reshape(k, -1).contiguous()  # [K, D]
-        super().__init__(_ExactMixtureNet(self), schedule, prediction)
+        super().__init__(_ExactMixtureNet(self), schedule, prediction, sample_shape=self.sample_shape)
         # The exact "network" takes its time in float64, not cast down to the state's dtype.
         self.net_time_dtype = torch.float64
 

@@ -112,13 +112,16 @@ class DiffusionModel:
     is bound once with :meth:`with_condition`.
     """
 
-    def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps"):
+    def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps",
+                 sample_shape: Tuple[int, ...] | None = None):
         _check_kind(prediction)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a score_models Schedule, got {type(schedule).__name__}")
         self.net = net
         self.schedule = schedule
         self.prediction = prediction
+        #: shape of one sample (without batch), when known; benchmarks draw noise of this shape
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self._counter = _Counter()
         self._bound: dict[str, Any] = {}
         # dtype the network's time input is cast to; None = the state's dtype.
@@ -133,6 +136,12 @@ class DiffusionModel:
     def reset_nfe(self) -> None:
         self._counter.nfe = 0
         self._counter.passes = 0
+
+    def to(self, device: torch.device | str) -> "DiffusionModel":
+        """Move the network (if it is a torch Module) to ``device``; returns self."""
+        if isinstance(self.net, torch.nn.Module):
+            self.net.to(device)
+        return self
 
     def with_condition(self, **cond: Any) -> "DiffusionModel":
         """A view of this model with conditioning bound (shares the network and the NFE count)."""

@@ -1,0 +1,127 @@
+"""``nfebench``: run sweeps, list what exists, plot and compare results.
+
+Exit codes: 0 success, 1 regression found by ``compare``, 2 bad input (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .report import markdown_report, write_plots
+    from .runner import run_sweep, write_atomic
+
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    progress = not args.quiet and sys.stderr.isatty()
+    start = time.perf_counter()
+    df = run_sweep(cfg, out, resume=args.resume, progress=progress)
+    meta = json.loads((out / "metadata.json").read_text())
+    report = markdown_report(df, title=f"nfebench: {cfg.name}", protocol=meta["protocol"])
+    write_atomic(out / "results.md", report)
+    plots = write_plots(df, out)
+    if not args.quiet:
+        print(report)
+        print(f"{len(df)} cells in {time.perf_counter() - start:.1f} s -> {out}/results.csv, results.md, "
+              f"metadata.json, {len(plots)} plots")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import solvers
+    from score_models import SCHEDULES, zoo
+
+    from .metrics import METRICS
+
+    print("samplers:")
+    print(f"  {'name':<16} {'order':>5}  {'stochastic':<10}  NFE rule")
+    for name in solvers.available():
+        spec = solvers.get(name)
+        stoch = "yes" if spec.stochastic else ("optional" if spec.stochastic_if else "no")
+        print(f"  {name:<16} {spec.order!s:>5}  {stoch:<10}  {spec.nfe_rule}")
+        print(f"  {'':<16} {'':>5}  options: {', '.join(spec.options)}  [{spec.paper}]")
+    print("models:\n  " + "\n  ".join(zoo.available()))
+    print("schedules:\n  " + ", ".join(SCHEDULES))
+    print("metrics:\n  " + ", ".join(sorted(METRICS)))
+    return 0
+
+
+def _read_table(path: str):
+    from .runner import read_results
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"results file {path!r} does not exist")
+    df = read_results(p)
+    missing = {"model", "series", "nfe_budget", "seed", "status"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path!r} is not an nfebench results table (missing columns {sorted(missing)})")
+    return df
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .report import write_plots
+
+    df = _read_table(args.results)
+    out = Path(args.out) if args.out else Path(args.results).parent
+    for p in write_plots(df, out):
+        print(p)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare
+
+    problems = compare(_read_table(args.baseline), _read_table(args.new), tolerance=args.tolerance,
+                       abs_tolerance=args.abs_tolerance, time_tolerance=args.time_tolerance)
+    for p in problems:
+        print(f"REGRESSION {p}")
+    print(f"{len(problems)} regressed cell(s)" if problems else "no regressions")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nfebench", description="Benchmark diffusion samplers across NFE budgets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a sweep (the embedded default when no CONFIG is given)")
+    run.add_argument("config", nargs="?", help="TOML sweep config")
+    run.add_argument("--out", help="run directory (default runs/<config name>)")
+    run.add_argument("--resume", action="store_true", help="continue a run, skipping finished cells")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+    run.set_defaults(func=_cmd_run)
+    lst = sub.add_parser("list", help="samplers, models, schedules and metrics")
+    lst.set_defaults(func=_cmd_list)
+    plot = sub.add_parser("plot", help="trade-off plots from a results.csv")
+    plot.add_argument("results")
+    plot.add_argument("--out", help="directory for the PNGs (default: beside the CSV)")
+    plot.set_defaults(func=_cmd_plot)
+    cmp_ = sub.add_parser("compare", help="exit 1 when NEW regresses against BASELINE")
+    cmp_.add_argument("baseline")
+    cmp_.add_argument("new")
+    cmp_.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance on quality metrics (default 0.05)")
+    cmp_.add_argument("--abs-tolerance", type=float, default=1e-9, help="absolute slack on quality metrics")
+    cmp_.add_argument("--time-tolerance", type=float, default=2.0, help="allowed s_per_sample ratio (default 2.0)")
+    cmp_.set_defaults(func=_cmd_compare)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError) as e:  # bad input: a clear message and exit code 2
+        print(f"nfebench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Sweep configurations: TOML (stdlib tomllib), validated completely before anything runs.
+
+A config names models, sampler series (a sampler with options; the same sampler may appear
+several times), NFE budgets, seeds and the measurement protocol. Every unknown key, sampler,
+option, model, schedule or metric is a ConfigError naming it and the valid choices.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import solvers
+from score_models import zoo
+
+__all__ = ["ConfigError", "ModelSpec", "SeriesSpec", "SweepConfig", "load_config", "parse_config", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = "default.toml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the bad value and the valid choices."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    schedule: str = "vp_linear"
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.label or f"{self.name}@{self.schedule}"
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    sampler: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    nfe: Optional[List[int]] = None
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        if self.label:
+            return self.label
+        if not self.options:
+            return self.sampler
+        return self.sampler + "(" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items())) + ")"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    models: List[ModelSpec]
+    samplers: List[SeriesSpec]
+    nfe: List[int]
+    seeds: List[int] = field(default_factory=lambda: [0])
+    n_samples: int = 256
+    batch_size: int = 256
+    device: str = "auto"
+    dtype: str = "float32"
+    metrics: List[str] = field(default_factory=lambda: ["solver_error"])
+    reference: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+_RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference"}
+_TOP_KEYS = {"run", "models", "samplers"}
+_MODEL_KEYS = {"name", "schedule", "label"}
+_SERIES_KEYS = {"sampler", "options", "nfe", "label"}
+_DEVICES = ("auto", "cpu", "cuda")
+_DTYPES = ("float32", "float64")
+_REFERENCE_KEYS = {"rtol", "n_data"}
+
+
+def _check_keys(table: Dict[str, Any], valid: set, where: str) -> None:
+    unknown = sorted(set(table) - valid)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(sorted(valid))}")
+
+
+def _int_list(value: Any, where: str, minimum: int) -> List[int]:
+    if isinstance(value, int):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where} must be a non-empty list of integers, got {value!r}")
+    if min(value) < minimum:
+        raise ConfigError(f"{where} must be >= {minimum}, got {min(value)}")
+    return sorted(set(value))
+
+
+def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
+    """Validate a config dict (as read from TOML) and build a :class:`SweepConfig`."""
+    from .metrics import METRICS  # metrics register themselves
+
+    _check_keys(data, _TOP_KEYS, source)
+    run = data.get("run", {})
+    _check_keys(run, _RUN_KEYS, f"{source} [run]")
+    nfe = _int_list(run.get("nfe", [10]), "[run] nfe", 1)
+    seeds = _int_list(run.get("seeds", [0]), "[run] seeds", 0)
+    n_samples = run.get("n_samples", 256)
+    batch_size = run.get("batch_size", min(n_samples, 256) if isinstance(n_samples, int) else 256)
+    for key, value in (("n_samples", n_samples), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"[run] {key} must be a positive integer, got {value!r}")
+    device, dtype = run.get("device", "auto"), run.get("dtype", "float32")
+    if device not in _DEVICES:
+        raise ConfigError(f"unknown device {device!r}; valid: {', '.join(_DEVICES)}")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
+    metrics = run.get("metrics", ["solver_error"])
+    if not isinstance(metrics, list):
+        raise ConfigError(f"[run] metrics must be a list, got {metrics!r}")
+    for m in metrics:
+        if m not in METRICS:
+            raise ConfigError(f"unknown metric {m!r}; valid: {', '.join(sorted(METRICS))}")
+    reference = run.get("reference", {})
+    _check_keys(reference, _REFERENCE_KEYS, f"{source} [run.reference]")
+
+    models = []
+    for i, m in enumerate(data.get("models", [])):
+        _check_keys(m, _MODEL_KEYS, f"{source} [[models]] #{i + 1}")
+        if "name" not in m:
+            raise ConfigError(f"[[models]] #{i + 1} needs a name; valid: {', '.join(zoo.available())}")
+        spec = ModelSpec(m["name"], m.get("schedule", "vp_linear"), m.get("label", ""))
+        try:
+            zoo.load(spec.name, schedule=spec.schedule)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        models.append(spec)
+    if not models:
+        raise ConfigError(f"{source} has no [[models]]; valid names: {', '.join(zoo.available())}")
+
+    series = []
+    for i, s in enumerate(data.get("samplers", [])):
+        where = f"{source} [[samplers]] #{i + 1}"
+        _check_keys(s, _SERIES_KEYS, where)
+        if "sampler" not in s:
+            raise ConfigError(f"{where} needs sampler=; valid: {', '.join(solvers.available())}")
+        try:
+            spec = solvers.get(s["sampler"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        options = dict(s.get("options", {}))
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} for sampler {spec.name!r} in {where}; "
+                              f"valid: {', '.join(spec.options)}")
+        if "grid" in options and not isinstance(options["grid"], str):
+            raise ConfigError(f"{where}: grid must be a name in a config, got {options['grid']!r}")
+        nfe_override = _int_list(s["nfe"], f"{where} nfe", 1) if "nfe" in s else None
+        series.append(SeriesSpec(spec.name, options, nfe_override, s.get("label", "")))
+    if not series:
+        raise ConfigError(f"{source} has no [[samplers]]; valid: {', '.join(solvers.available())}")
+    keys = [s.key for s in series]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"sampler series {dupes} appear twice; give them distinct label= or options")
+
+    return SweepConfig(name=run.get("name", Path(source).stem), models=models, samplers=series, nfe=nfe,
+                       seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,
+                       metrics=list(metrics), reference=dict(reference))
+
+
+def load_config(path: Optional[str | Path] = None) -> SweepConfig:
+    """Read and validate a TOML config; None loads the embedded default."""
+    if path is None:
+        text = resources.files("benchmarks.configs").joinpath(DEFAULT_CONFIG).read_text()
+        source = DEFAULT_CONFIG
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        text, source = p.read_text(), str(p)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    return parse_config(data, source)

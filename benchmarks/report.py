@@ -1,0 +1,168 @@
+"""Readable tables and trade-off plots from a results table, and the regression comparison."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from .runner import RESULT_COLUMNS, write_atomic
+
+__all__ = ["metric_columns", "markdown_report", "write_plots", "compare"]
+
+#: metrics where lower is better (all current ones); the report marks the minimum per column
+LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "fd", "kid_mean"}
+
+
+def metric_columns(df: pd.DataFrame) -> List[str]:
+    return [c for c in df.columns if c not in RESULT_COLUMNS]
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def pivot(df: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
+    """series x NFE budget -> mean metric over seeds (ok rows only)."""
+    sub = df[(df["model"] == model) & (df["status"] == "ok")]
+    if sub.empty or sub[metric].isna().all():
+        return pd.DataFrame()
+    table = sub.pivot_table(index="series", columns="nfe_budget", values=metric, aggfunc="mean")
+    return table.dropna(how="all")
+
+
+def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol: Optional[Dict] = None) -> str:
+    """One pivot per (model, metric), best value per NFE column in bold, then time and failures."""
+    out = io.StringIO()
+    out.write(f"# {title}\n\n")
+    if protocol:
+        out.write("Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items() if k in
+                                            ("n_samples", "batch_size", "seeds", "dtype")) + "\n\n")
+    for model in dict.fromkeys(df["model"]):
+        out.write(f"## {model}\n\n")
+        for metric in metric_columns(df) + ["s_per_sample"]:
+            table = pivot(df, model, metric)
+            if table.empty:
+                continue
+            label = "seconds per sample" if metric == "s_per_sample" else metric
+            out.write(f"**{label}** (rows: sampler series, columns: NFE budget"
+                      f"{'' if metric == 's_per_sample' else '; best per column in bold'})\n\n")
+            cols = list(table.columns)
+            out.write("| series | " + " | ".join(str(c) for c in cols) + " |\n")
+            out.write("|---|" + "---|" * len(cols) + "\n")
+            best = table.min(axis=0) if metric in LOWER_IS_BETTER else table.max(axis=0)
+            for series, values in table.iterrows():
+                cells = []
+                for c in cols:
+                    v = values[c]
+                    s = _fmt(v)
+                    if metric != "s_per_sample" and not (isinstance(v, float) and math.isnan(v)) and v == best[c]:
+                        s = f"**{s}**"
+                    cells.append(s)
+                out.write(f"| {series} | " + " | ".join(cells) + " |\n")
+            out.write("\n")
+    bad = df[df["status"] != "ok"]
+    if not bad.empty:
+        out.write("## Cells that did not finish\n\n| model | series | nfe_budget | seed | status | where | error |\n|---|---|---|---|---|---|---|\n")
+        for _, r in bad.iterrows():
+            where = "" if pd.isna(r["diverged_at_nfe"]) else f"NFE {int(r['diverged_at_nfe'])}"
+            out.write(f"| {r['model']} | {r['series']} | {r['nfe_budget']} | {r['seed']} | {r['status']} | {where} | {r['error']} |\n")
+        out.write("\n")
+    return out.getvalue()
+
+
+def _pareto(points: np.ndarray) -> np.ndarray:
+    """Indices of points (cost, error) not dominated by any other (lower is better in both)."""
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i, 1] < best:
+            front.append(i)
+            best = points[i, 1]
+    return np.array(front, dtype=int)
+
+
+def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
+    """Per model and metric: metric vs counted NFE (log-log), metric vs wall time with the Pareto
+    front across samplers. PNGs written atomically; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ok = df[df["status"] == "ok"]
+    for model in dict.fromkeys(ok["model"]):
+        sub = ok[ok["model"] == model]
+        for metric in metric_columns(df):
+            data = sub.dropna(subset=[metric])
+            data = data[data[metric] > 0]
+            if data.empty:
+                continue
+            fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(12, 4.8))
+            for series, g in data.groupby("series", sort=False):
+                g = g.groupby("nfe_budget").agg({"nfe": "mean", metric: "mean", "wall_s": "mean"}).sort_values("nfe")
+                ax_nfe.plot(g["nfe"], g[metric], marker="o", ms=3, label=series)
+                ax_time.plot(g["wall_s"], g[metric], marker="o", ms=3, ls=":", alpha=0.6, label=series)
+            means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
+            front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
+            ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, label="Pareto front")
+            for ax, xlabel in ((ax_nfe, "NFE (counted)"), (ax_time, "wall time per cell (s)")):
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(metric)
+                ax.grid(True, which="both", alpha=0.3)
+            ax_nfe.legend(fontsize=7, ncol=2)
+            fig.suptitle(f"{model}: {metric}")
+            fig.tight_layout()
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{model}_{metric}")
+            path = Path(out_dir) / f"{safe}.png"
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=110)
+            plt.close(fig)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(buf.getvalue())
+            tmp.replace(path)
+            written.append(path)
+    return written
+
+
+def compare(baseline: pd.DataFrame, new: pd.DataFrame, tolerance: float = 0.05, abs_tolerance: float = 1e-9,
+            time_tolerance: float = 2.0) -> List[str]:
+    """Regressed cells of ``new`` against ``baseline``, one message each.
+
+    A cell regresses when it is missing, when its status leaves ``ok``, when a lower-is-better
+    metric exceeds baseline + tolerance * |baseline| + abs_tolerance, or when s_per_sample exceeds
+    baseline * time_tolerance.
+    """
+    key = ["model", "series", "nfe_budget", "seed"]
+    merged = baseline.merge(new, on=key, how="left", suffixes=("_base", "_new"), indicator=True)
+    problems = []
+    for _, r in merged.iterrows():
+        cell = f"{r['model']} | {r['series']} | nfe={r['nfe_budget']} | seed={r['seed']}"
+        if r["_merge"] == "left_only":
+            problems.append(f"{cell}: missing from the new results")
+            continue
+        if r["status_base"] == "ok" and r["status_new"] != "ok":
+            problems.append(f"{cell}: status {r['status_new']} ({r['error_new']})")
+            continue
+        for metric in metric_columns(baseline):
+            if metric not in new.columns:
+                problems.append(f"{cell}: metric {metric} missing from the new results")
+                continue
+            b, n = r[f"{metric}_base"], r[f"{metric}_new"]
+            if pd.isna(b):
+                continue
+            if pd.isna(n) or n > b + tolerance * abs(b) + abs_tolerance:
+                problems.append(f"{cell}: {metric} {_fmt(n)} vs baseline {_fmt(b)} (tolerance {tolerance:.0%})")
+        b, n = r["s_per_sample_base"], r["s_per_sample_new"]
+        if not pd.isna(b) and not pd.isna(n) and b > 0 and n / b > time_tolerance:
+            problems.append(f"{cell}: time {n / b:.2f}x baseline (tolerance {time_tolerance:.2f}x)")
+    return problems

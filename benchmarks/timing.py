@@ -1,0 +1,103 @@
+"""Wall time and peak memory of a block, on CUDA (events + synchronize, max_memory_allocated)
+or on the CPU (perf_counter, peak resident set size polled from /proc)."""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import threading
+import time
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["Stopwatch", "PeakMemory", "median_seconds", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error naming the choices."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
+    return torch.device(name)
+
+
+class Stopwatch:
+    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds``."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self._end.record()
+            torch.cuda.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self._t0
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the process-lifetime peak is the best we have
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Peak memory during a block in MB: CUDA max_memory_allocated, or the peak process RSS on
+    the CPU sampled every ``interval`` seconds by a background thread."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.interval = interval
+        self.mb = 0.0
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._peak = _rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.mb = max(self._peak, _rss_bytes()) / 2**20
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        with Stopwatch(device) as sw:
+            fn()
+        times.append(sw.seconds)
+    return statistics.median(times)
