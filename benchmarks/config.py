@@ -70,18 +70,20 @@ class SweepConfig:
     dtype: str = "float32"
     metrics: List[str] = field(default_factory=lambda: ["solver_error"])
     reference: Dict[str, Any] = field(default_factory=dict)
+    save_samples: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
 
-_RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference"}
+_RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
+             "save_samples"}
 _TOP_KEYS = {"run", "models", "samplers"}
 _MODEL_KEYS = {"name", "schedule", "label"}
 _SERIES_KEYS = {"sampler", "options", "nfe", "label"}
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "float64")
-_REFERENCE_KEYS = {"rtol", "n_data"}
+_REFERENCE_KEYS = {"rtol", "n_data", "extractor", "weights", "cache_dir"}
 
 
 def _check_keys(table: Dict[str, Any], valid: set, where: str) -> None:
@@ -170,7 +172,8 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
 
     return SweepConfig(name=run.get("name", Path(source).stem), models=models, samplers=series, nfe=nfe,
                        seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,
-                       metrics=list(metrics), reference=dict(reference))
+                       metrics=list(metrics), reference=dict(reference),
+                       save_samples=bool(run.get("save_samples", False)))
 
 
 def load_config(path: Optional[str | Path] = None) -> SweepConfig:

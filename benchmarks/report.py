@@ -18,7 +18,8 @@ LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "f
 
 
 def metric_columns(df: pd.DataFrame) -> List[str]:
-    return [c for c in df.columns if c not in RESULT_COLUMNS]
+    """Quality columns (spread columns such as kid_std are kept in the CSV, not tabled)."""
+    return [c for c in df.columns if c not in RESULT_COLUMNS and not c.endswith("_std")]
 
 
 def _fmt(v: float) -> str:

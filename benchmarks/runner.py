@@ -34,10 +34,10 @@ from score_models import zoo
 from score_models.parameterization import DiffusionModel
 
 from .config import ModelSpec, SeriesSpec, SweepConfig
-from .metrics import METRICS, CellData
+from .metrics import METRICS, CellInfo
 from .timing import PeakMemory, Stopwatch, median_seconds, resolve_device
 
-__all__ = ["Cell", "expand_cells", "run_sweep", "RESULT_COLUMNS", "write_atomic", "batch_generator"]
+__all__ = ["Cell", "expand_cells", "run_sweep", "RESULT_COLUMNS", "write_atomic", "batch_generator", "init_distributed"]
 
 RESULT_COLUMNS = [
     "model", "schedule", "sampler", "series", "options", "nfe_budget", "nfe", "n_samples", "seed",
@@ -111,6 +111,49 @@ class _NonFiniteWatch:
         return out
 
 
+class Distributed:
+    """This process's rank among ``world`` (torchrun), or a single process; ``gather`` collects
+    one picklable object per rank on rank 0 (gloo on the CPU, nccl on GPUs)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as tdist
+
+        self.tdist = tdist
+        self.active = tdist.is_available() and tdist.is_initialized()
+        self.rank = tdist.get_rank() if self.active else 0
+        self.world = tdist.get_world_size() if self.active else 1
+
+    def gather(self, obj: Any) -> List[Any]:
+        if not self.active:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        self.tdist.gather_object(obj, out, dst=0)
+        return out if self.rank == 0 else []
+
+    def barrier(self) -> None:
+        if self.active:
+            self.tdist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        if not self.active:
+            return obj
+        box = [obj]
+        self.tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed() -> Distributed:
+    """Join the process group torchrun describes in the environment (if any)."""
+    import torch.distributed as tdist
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not tdist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        tdist.init_process_group(backend=backend)
+    return Distributed()
+
+
 @dataclass
 class _RunContext:
     cfg: SweepConfig
@@ -118,6 +161,16 @@ class _RunContext:
     dtype: torch.dtype
     models: Dict[str, DiffusionModel]
     cache: Dict[Any, Any]
+    dist: Distributed
+    out_dir: Path
+
+    def save_samples(self, cell: Cell, samples: torch.Tensor) -> None:
+        name = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in "_".join(map(str, cell.key)))
+        path = self.out_dir / "samples" / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(samples, tmp)
+        os.replace(tmp, path)
 
 
 def _load_model(ctx: _RunContext, spec: ModelSpec) -> DiffusionModel:
@@ -129,62 +182,94 @@ def _load_model(ctx: _RunContext, spec: ModelSpec) -> DiffusionModel:
     return ctx.models[spec.key]
 
 
-def _sample_batches(ctx: _RunContext, model: DiffusionModel, cell: Cell, batches: Sequence[Tuple[int, int]],
-                    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[int]]:
-    noises, outputs, nfes = [], [], []
-    for index, size in batches:
-        noise = torch.randn((size,) + model.sample_shape, generator=batch_generator(cell.seed, index, 0))
-        noise = noise.to(device=ctx.device, dtype=ctx.dtype)
-        stats: Dict[str, Any] = {}
-        out = solvers.sample(cell.series.sampler, model, noise, nfe=cell.nfe_budget,
-                             generator=batch_generator(cell.seed, index, 1), stats=stats, **cell.series.options)
-        noises.append(noise)
-        outputs.append(out)
-        nfes.append(stats["nfe"])
-    return noises, outputs, nfes
-
-
 def all_batches(n_samples: int, batch_size: int) -> List[Tuple[int, int]]:
     """(batch index, size) covering n_samples; the batching is fixed by the config alone."""
     return [(i, min(batch_size, n_samples - i * batch_size)) for i in range(math.ceil(n_samples / batch_size))]
 
 
-def run_cell(ctx: _RunContext, cell: Cell, batches: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, Any]:
-    """Sample one cell, time it, measure its metrics; never raises for a sampler's failure."""
-    cfg = ctx.cfg
-    batches = list(batches if batches is not None else all_batches(cfg.n_samples, cfg.batch_size))
+def _sample_batch(ctx: _RunContext, model: DiffusionModel, cell: Cell, index: int, size: int
+                  ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    noise = torch.randn((size,) + model.sample_shape, generator=batch_generator(cell.seed, index, 0))
+    noise = noise.to(device=ctx.device, dtype=ctx.dtype)
+    stats: Dict[str, Any] = {}
+    out = solvers.sample(cell.series.sampler, model, noise, nfe=cell.nfe_budget,
+                         generator=batch_generator(cell.seed, index, 1), stats=stats, **cell.series.options)
+    return noise, out, stats
+
+
+def run_cell(ctx: _RunContext, cell: Cell, progress: bool = False) -> Dict[str, Any]:
+    """Sample one cell batch by batch (this rank's share), time it, stream the batches into the
+    metrics on rank 0; never raises for a sampler's failure."""
+    cfg, dist = ctx.cfg, ctx.dist
+    batches = all_batches(cfg.n_samples, cfg.batch_size)
     row: Dict[str, Any] = dict(
         model=cell.model.key, schedule=cell.model.schedule, sampler=cell.series.sampler, series=cell.series.key,
         options=json.dumps(cell.series.options, sort_keys=True), nfe_budget=cell.nfe_budget, nfe=math.nan,
-        n_samples=sum(size for _, size in batches), seed=cell.seed, wall_s=math.nan, s_per_sample=math.nan,
+        n_samples=cfg.n_samples, seed=cell.seed, wall_s=math.nan, s_per_sample=math.nan,
         nfe_per_s=math.nan, forward_s=math.nan, overhead_frac=math.nan, peak_mem_mb=math.nan,
         device=str(ctx.device), dtype=cfg.dtype, status="ok", error="", diverged_at_nfe=math.nan,
     )
     for name in cfg.metrics:
-        row[name] = math.nan
+        row.update({col: math.nan for col in METRICS[name].columns})
+    saved: List[torch.Tensor] = []
     try:
         model = _load_model(ctx, cell.model)
+        metrics = []
+        if dist.rank == 0:
+            info = CellInfo(model=model, model_key=cell.model.key, sampler=cell.series.sampler,
+                            options=cell.series.options, seed=cell.seed, n_samples=cfg.n_samples, device=ctx.device,
+                            reference=cfg.reference, cache=ctx.cache)
+            metrics = [METRICS[name](info) for name in cfg.metrics]
         with torch.inference_mode():
             probe = torch.zeros((batches[0][1],) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
             t_probe = model.schedule.t_max
             row["forward_s"] = median_seconds(lambda: model.raw(probe, t_probe), ctx.device)
-            with PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
-                noises, outputs, nfes = _sample_batches(ctx, model, cell, batches)
-        total_nfe = sum(nfes)
-        row.update(nfe=max(nfes), wall_s=sw.seconds, s_per_sample=sw.seconds / row["n_samples"],
-                   nfe_per_s=total_nfe / sw.seconds, peak_mem_mb=mem.mb,
-                   overhead_frac=1.0 - total_nfe * row["forward_s"] / sw.seconds)
-        bad = [i for i, out in enumerate(outputs) if not bool(torch.isfinite(out).all())]
-        if bad:
-            row["status"] = "diverged"
-            row["diverged_at_nfe"] = _find_divergence(ctx, model, cell, batches[bad[0]])
-            row["error"] = f"non-finite samples in {len(bad)} of {len(outputs)} batches"
+        wall, peak, total_nfe, max_nfe, diverged = 0.0, 0.0, 0, 0, None
+        from tqdm.auto import tqdm
+
+        batch_bar = tqdm(total=len(batches), disable=not progress or len(batches) < 2, leave=False,
+                         unit="batch", desc="cell")
+        # Rounds of world_size batches: rank r samples batch round*world + r; rank 0 gathers them
+        # in batch order and streams them into the metrics (at most world batches held at once).
+        for first in range(0, len(batches), dist.world):
+            mine = batches[first + dist.rank] if first + dist.rank < len(batches) else None
+            result = None
+            if mine is not None:
+                with torch.inference_mode(), PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
+                    noise, out, stats = _sample_batch(ctx, model, cell, *mine)
+                finite = bool(torch.isfinite(out).all())
+                result = (mine, noise.cpu(), out.cpu(), stats["nfe"], sw.seconds, mem.mb, finite)
+            gathered = [r for r in dist.gather(result) if r is not None]
+            batch_bar.update(len(gathered))
+            if dist.rank != 0:
+                continue
+            wall += max(r[4] for r in gathered)  # ranks sample side by side: a round lasts its slowest batch
+            peak = max([peak] + [r[5] for r in gathered])
+            total_nfe += sum(r[3] for r in gathered)
+            max_nfe = max([max_nfe] + [r[3] for r in gathered])
+            for (index, size), noise, out, _, _, _, finite in gathered:
+                if not finite and diverged is None:
+                    diverged = (index, size)
+                if diverged is None:
+                    for m in metrics:
+                        m.update(index, noise, out)
+                    if cfg.save_samples:
+                        saved.append(out)
+        batch_bar.close()
+        if dist.rank != 0:
             return row
-        cell_data = CellData(model=model, sampler=cell.series.sampler, options=cell.series.options,
-                             noise=torch.cat(noises).cpu(), samples=torch.cat(outputs).cpu(), seed=cell.seed,
-                             reference=cfg.reference, cache=ctx.cache, model_key=cell.model.key)
-        for name in cfg.metrics:
-            row.update(METRICS[name](cell_data))
+        row.update(nfe=max_nfe, peak_mem_mb=peak)
+        if diverged is not None:
+            row["status"] = "diverged"
+            row["diverged_at_nfe"] = _find_divergence(ctx, model, cell, *diverged)
+            row["error"] = f"non-finite samples (first in batch {diverged[0]})"
+            return row
+        row.update(wall_s=wall, s_per_sample=wall / cfg.n_samples, nfe_per_s=total_nfe / wall,
+                   overhead_frac=1.0 - total_nfe * row["forward_s"] / wall)
+        for m in metrics:
+            row.update(m.result())
+        if saved:
+            ctx.save_samples(cell, torch.cat(saved))
     except Exception as e:  # a failing cell is a row, not the end of the sweep
         row["status"] = "failed"
         row["error"] = f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
@@ -193,12 +278,13 @@ def run_cell(ctx: _RunContext, cell: Cell, batches: Optional[Sequence[Tuple[int,
     return row
 
 
-def _find_divergence(ctx: _RunContext, model: DiffusionModel, cell: Cell, batch: Tuple[int, int]) -> float:
+def _find_divergence(ctx: _RunContext, model: DiffusionModel, cell: Cell, index: int, size: int) -> float:
+    """Re-run one batch with a watch on the network's input: the first evaluation that saw NaN/Inf."""
     watch = _NonFiniteWatch(model.net)
     original, model.net = model.net, watch
     try:
         with torch.inference_mode():
-            _sample_batches(ctx, model, cell, [batch])
+            _sample_batch(ctx, model, cell, index, size)
     finally:
         model.net = original
     return float(watch.first_bad) if watch.first_bad is not None else math.nan
@@ -212,7 +298,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def metadata(cfg: SweepConfig, device: torch.device, skipped: List[str]) -> Dict[str, Any]:
+def metadata(cfg: SweepConfig, device: torch.device, skipped: List[str], world_size: int = 1) -> Dict[str, Any]:
     import numpy
     import scipy
     import torchdiffeq
@@ -232,6 +318,7 @@ def metadata(cfg: SweepConfig, device: torch.device, skipped: List[str]) -> Dict
         "device": str(device),
         "device_name": device_name,
         "torch_threads": torch.get_num_threads(),
+        "world_size": world_size,
         "protocol": {
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "seeds": cfg.seeds, "dtype": cfg.dtype,
             "noise": "per batch: torch.Generator seeded seed*1000003 + 2*batch (noise) and +1 (sampler steps)",
@@ -250,34 +337,54 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run every cell of ``cfg`` into ``out_dir`` (results.csv, metadata.json; see report for the rest)."""
+    """Run every cell of ``cfg`` into ``out_dir`` (results.csv, metadata.json; see report for the
+    rest). Under torchrun every rank samples its share of each cell and rank 0 alone writes."""
     from tqdm.auto import tqdm
 
+    dist = init_distributed()
     out_dir = Path(out_dir)
     csv_path = out_dir / "results.csv"
-    if csv_path.exists() and not resume:
-        raise FileExistsError(f"{csv_path} exists; pass --resume to continue it or choose another --out")
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     dtype = getattr(torch, cfg.dtype)
     cells, skipped = expand_cells(cfg)
-    rows: List[Dict[str, Any]] = read_results(csv_path).to_dict("records") if (resume and csv_path.exists()) else []
-    done = {(r["model"], r["series"], int(r["nfe_budget"]), int(r["seed"])) for r in rows}
-    write_atomic(out_dir / "metadata.json", json.dumps(metadata(cfg, device, skipped), indent=2) + "\n")
+    columns = RESULT_COLUMNS + [c for name in cfg.metrics for c in METRICS[name].columns]
+    rows: List[Dict[str, Any]] = []
+    if dist.rank == 0:
+        if csv_path.exists() and not resume:
+            error = f"{csv_path} exists; pass --resume to continue it or choose another --out"
+        else:
+            error = ""
+            if csv_path.exists():
+                rows = read_results(csv_path).to_dict("records")
+            write_atomic(out_dir / "metadata.json",
+                         json.dumps(metadata(cfg, device, skipped, dist.world), indent=2) + "\n")
+        done = {(r["model"], r["series"], int(r["nfe_budget"]), int(r["seed"])) for r in rows}
+        plan = (error, done)
+    else:
+        plan = None
+    error, done = dist.broadcast(plan)
+    if error:
+        raise FileExistsError(error)
 
-    ctx = _RunContext(cfg, device, dtype, {}, {})
+    ctx = _RunContext(cfg, device, dtype, {}, {}, dist, out_dir)
     todo = [c for c in cells if c.key not in done]
-    columns = RESULT_COLUMNS + list(cfg.metrics)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, unit="cell", desc="sweep")
+    show = progress and dist.rank == 0
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not show, unit="cell", desc="sweep")
     for cell in todo:
         bar.set_postfix_str(f"{cell.model.key} {cell.series.key} nfe={cell.nfe_budget}", refresh=False)
-        rows.append(run_cell(ctx, cell))
-        write_atomic(csv_path, pd.DataFrame(rows, columns=columns).to_csv(index=False))
+        row = run_cell(ctx, cell, progress=show)
+        if dist.rank == 0:
+            rows.append(row)
+            write_atomic(csv_path, pd.DataFrame(rows, columns=columns).to_csv(index=False))
         bar.update(1)
     bar.close()
-    df = pd.DataFrame(rows, columns=columns)
+    dist.barrier()
+    if dist.rank != 0:
+        return pd.DataFrame(columns=columns)
     order = {c.key: i for i, c in enumerate(cells)}
-    df = df.iloc[sorted(range(len(df)), key=lambda i: order.get(
-        (df.at[i, "model"], df.at[i, "series"], int(df.at[i, "nfe_budget"]), int(df.at[i, "seed"])), len(order)))]
-    df = df.reset_index(drop=True)
+    rows.sort(key=lambda r: order.get((r["model"], r["series"], int(r["nfe_budget"]), int(r["seed"])), len(order)))
+    df = pd.DataFrame(rows, columns=columns)
     write_atomic(csv_path, df.to_csv(index=False))
     return df

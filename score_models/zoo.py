@@ -1,17 +1,24 @@
-"""Named models: ``load("gmm:<preset>")`` gives an exact GaussianMixture on any schedule.
+"""Named models.
 
-Presets are fixed by their definition here (seeded), so results are comparable across runs.
+- ``load("gmm:<preset>", schedule=...)``: an exact GaussianMixture on any schedule. Presets are
+  fixed by their definition here (seeded), so results are comparable across runs.
+- ``load("python:<module>:<function>", schedule=...)``: your own model; ``function(schedule)``
+  (schedule: the Schedule built from the name given) returns a DiffusionModel with its
+  ``sample_shape`` set. This is how a config points at a network of your own.
+
 Shipped trained networks and ``diffusers:<path>`` loading are not in this release yet; asking
 for them is an error naming what exists.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Callable, Dict, Union
 
 import torch
 
 from .analytic import GaussianMixture
+from .parameterization import DiffusionModel
 from .schedules import SCHEDULES, Schedule
 
 __all__ = ["load", "available", "GMM_PRESETS", "make_schedule"]
@@ -57,13 +64,27 @@ def make_schedule(schedule: Union[str, Schedule]) -> Schedule:
 
 
 def available() -> list[str]:
-    """Loadable model names."""
+    """Loadable model names (plus ``python:<module>:<function>`` for your own)."""
     return [f"gmm:{name}" for name in GMM_PRESETS]
 
 
-def load(name: str, schedule: Union[str, Schedule] = "vp_linear") -> GaussianMixture:
-    """Load a named model. ``"gmm:<preset>"`` with ``schedule`` a name or a Schedule."""
-    kind, _, preset = name.partition(":")
-    if kind == "gmm" and preset in GMM_PRESETS:
-        return GMM_PRESETS[preset](make_schedule(schedule))
-    raise ValueError(f"unknown model {name!r}; valid: {', '.join(available())}")
+def _load_python(spec: str, schedule: Schedule) -> DiffusionModel:
+    module_name, _, function = spec.rpartition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot load model factory 'python:{spec}' ({e}); expected python:<module>:<function>") from None
+    model = factory(schedule)
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"python:{spec} returned {type(model).__name__}, not a DiffusionModel")
+    return model
+
+
+def load(name: str, schedule: Union[str, Schedule] = "vp_linear") -> DiffusionModel:
+    """Load a named model (see the module docstring) on ``schedule`` (a name or a Schedule)."""
+    kind, _, rest = name.partition(":")
+    if kind == "gmm" and rest in GMM_PRESETS:
+        return GMM_PRESETS[rest](make_schedule(schedule))
+    if kind == "python" and rest:
+        return _load_python(rest, make_schedule(schedule))
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(available())}, python:<module>:<function>")

@@ -1,0 +1,46 @@
+"""Feature extractors nfebench registers with torch-fidelity (``register_feature_extractor``).
+
+``pixels``: the image itself, flattened and scaled to [0, 1]. The Frechet distance in this space
+is the FD of the pixel distribution: meaningful for small images (the exact image-shaped mixtures,
+8x8 digits) where no trained extractor applies, and exactly checkable.
+"""
+from __future__ import annotations
+
+import torch
+from torch_fidelity import register_feature_extractor
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+__all__ = ["PixelFeatures"]
+
+
+class PixelFeatures(FeatureExtractorBase):
+    """uint8 images [N, 3, H, W] -> float32 features [N, 3*H*W] in [0, 1]."""
+
+    def __init__(self, name: str, features_list: list, **kwargs):
+        super().__init__(name, features_list)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple:
+        return ("pixels",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "pixels"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"pixels extractor expects uint8 images [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+        return (x.reshape(x.shape[0], -1).float() / 255.0,)
+
+
+if "pixels" not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor("pixels", PixelFeatures)
