@@ -46,7 +46,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name in solvers.available():
         spec = solvers.get(name)
         stoch = "yes" if spec.stochastic else ("optional" if spec.stochastic_if else "no")
-        print(f"  {name:<16} {spec.order!s:>5}  {stoch:<10}  {spec.nfe_rule}")
+        print(f"  {name:<16} {spec.order_of({})!s:>5}  {stoch:<10}  {spec.nfe_rule}")
         print(f"  {'':<16} {'':>5}  options: {', '.join(spec.options)}  [{spec.paper}]")
     print("models:\n  " + "\n  ".join(zoo.available()))
     print("schedules:\n  " + ", ".join(SCHEDULES))

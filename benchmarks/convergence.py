@@ -28,7 +28,8 @@ def endpoint_errors(name: str, model: GaussianMixture, noise: torch.Tensor, budg
     sched = model.schedule
     to_zero = options.get("to_zero", True)
     t_end = sched.t_data if to_zero else options.get("t_min", sched.t_min)
-    reference = model.exact_ode_solution(sched.prior_std * noise, t_start=options.get("t_max"), t_end=t_end)
+    t_max = options.get("t_max", sched.t_max)
+    reference = model.exact_ode_solution(sched.prior_std_at(t_max) * noise, t_start=t_max, t_end=t_end)
     counted, errors = [], []
     for nfe in budgets:
         stats: dict = {}

@@ -102,7 +102,7 @@ class SolverError(Metric):
         if key not in cell.cache:
             noise64 = noise.to(torch.float64)
             if isinstance(cell.model, GaussianMixture):
-                ref = cell.model.exact_ode_solution(sched.prior_std * noise64, t_start=t_max, t_end=t_end)
+                ref = cell.model.exact_ode_solution(sched.prior_std_at(t_max) * noise64, t_start=t_max, t_end=t_end)
             else:
                 # Any other model: a tight adaptive solve of the same ODE from the same noise.
                 span = {"t_max": t_max, "to_zero": to_zero, **({} if to_zero else {"t_min": t_end})}

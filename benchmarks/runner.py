@@ -67,7 +67,7 @@ def expand_cells(cfg: SweepConfig) -> Tuple[List[Cell], List[str]]:
             for nfe in series.nfe or cfg.nfe:
                 if not spec.adaptive:
                     try:
-                        spec.steps_for_budget(nfe, series.options.get("to_zero", True))
+                        spec.steps_for_budget(nfe, series.options.get("to_zero", True), series.options)
                     except ValueError as e:
                         skipped.append(f"{series.key} @ nfe={nfe}: {e}")
                         continue

@@ -113,13 +113,16 @@ class DiffusionModel:
     """
 
     def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps",
-                 sample_shape: Tuple[int, ...] | None = None):
+                 sample_shape: Tuple[int, ...] | None = None, learned_variance: bool = False):
         _check_kind(prediction)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a score_models Schedule, got {type(schedule).__name__}")
         self.net = net
         self.schedule = schedule
         self.prediction = prediction
+        #: the network also outputs variance interpolation values v in [-1, 1] as extra channels
+        #: (Nichol & Dhariwal 2021, "learned_range"): output = cat([prediction, v], dim=1)
+        self.learned_variance = learned_variance
         #: shape of one sample (without batch), when known; benchmarks draw noise of this shape
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self._counter = _Counter()
@@ -160,15 +163,31 @@ class DiffusionModel:
         self._counter.passes += 1
         return self.net(x, t_net, **{**self._bound, **cond})
 
+    def _output(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.raw(x, t, **cond)
+        if not self.learned_variance:
+            return out, None
+        pred, v = out.chunk(2, dim=1)
+        return pred, v
+
     def x0_and_eps(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """(E[x0 | x_t], E[eps | x_t]) from one network evaluation."""
         c = Coefficients(self.schedule, t, x, derivatives=self.prediction == "flow")
-        return split(self.prediction, self.raw(x, t, **cond), x, c)
+        return split(self.prediction, self._output(x, t, **cond)[0], x, c)
+
+    def x0_eps_and_variance(self, x: torch.Tensor, t: TimeLike, **cond: Any
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, eps, v) from one evaluation of a network with learned variance (v in [-1, 1])."""
+        if not self.learned_variance:
+            raise ValueError("this model has no learned variance (create it with learned_variance=True)")
+        pred, v = self._output(x, t, **cond)
+        c = Coefficients(self.schedule, t, x, derivatives=self.prediction == "flow")
+        return (*split(self.prediction, pred, x, c), v)
 
     def predict(self, kind: str, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
         """Prediction of any kind in :data:`PREDICTIONS` from one network evaluation."""
         _check_kind(kind)
-        out = self.raw(x, t, **cond)
+        out = self._output(x, t, **cond)[0]
         if kind == self.prediction:
             return out
         c = Coefficients(self.schedule, t, x, derivatives="flow" in (kind, self.prediction))

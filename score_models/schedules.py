@@ -104,6 +104,12 @@ class Schedule(abc.ABC):
         sigma = self.sigma(t)
         return 2.0 * sigma * self.dsigma_dt(t) - 2.0 * self.f(t) * sigma**2
 
+    def prior_std_at(self, t_start: float) -> float:
+        """Scale of x at a start time t_start: x_T = prior_std_at(t_start) * noise. ``prior_std``
+        for VP and rectified flow (the marginal stays ~ unit scale); sigma(t_start) for
+        alpha = 1 schedules (VE, EDM), so starting below sigma_max stays consistent."""
+        return self.prior_std
+
     def net_input(self, t: TimeLike) -> torch.Tensor:
         """The time value the network is called with (the schedule's own units)."""
         return as_time(t)
@@ -351,6 +357,9 @@ class VE(Schedule):
     def _log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
+    def prior_std_at(self, t_start: float) -> float:
+        return float(self.sigma(t_start))
+
     def alpha(self, t: TimeLike) -> torch.Tensor:
         return torch.ones_like(as_time(t))
 
@@ -394,6 +403,9 @@ class EDM(Schedule):
         self.t_min = float(self.sigma_min)
         self.t_max = float(self.sigma_max)
         self.prior_std = float(self.sigma_max)
+
+    def prior_std_at(self, t_start: float) -> float:
+        return float(self.sigma(t_start))
 
     def alpha(self, t: TimeLike) -> torch.Tensor:
         return torch.ones_like(as_time(t))

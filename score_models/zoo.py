@@ -5,9 +5,14 @@
 - ``load("python:<module>:<function>", schedule=...)``: your own model; ``function(schedule)``
   (schedule: the Schedule built from the name given) returns a DiffusionModel with its
   ``sample_shape`` set. This is how a config points at a network of your own.
+- ``load("diffusers:<local dir or hub id>")``: a diffusers UNet (or any diffusers model called as
+  ``model(x, t).sample``) with the DDPM-family scheduler saved beside it: a pipeline directory
+  (model_index.json, ``unet/``, ``scheduler/``) or a model directory with a
+  scheduler_config.json. The schedule comes from the scheduler's betas (DiscreteVP), the
+  prediction type from its ``prediction_type``; the schedule argument is ignored.
 
-Shipped trained networks and ``diffusers:<path>`` loading are not in this release yet; asking
-for them is an error naming what exists.
+Shipped trained networks are not in this release yet; asking for them is an error naming what
+exists.
 """
 from __future__ import annotations
 
@@ -19,9 +24,9 @@ import torch
 
 from .analytic import GaussianMixture
 from .parameterization import DiffusionModel
-from .schedules import SCHEDULES, Schedule
+from .schedules import SCHEDULES, DiscreteVP, Schedule
 
-__all__ = ["load", "available", "GMM_PRESETS", "make_schedule"]
+__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule"]
 
 
 def _ring8(schedule: Schedule) -> GaussianMixture:
@@ -80,6 +85,60 @@ def _load_python(spec: str, schedule: Schedule) -> DiffusionModel:
     return model
 
 
+_DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+class _DiffusersNet(torch.nn.Module):
+    """Calls a diffusers model as net(x, t, **cond) -> tensor."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        out = self.module(x, t, **cond)
+        return out.sample if hasattr(out, "sample") else out[0]
+
+
+def load_diffusers(source: str, device: Union[str, torch.device] = "cpu") -> DiffusionModel:
+    """A DiffusionModel from a diffusers directory or hub id (see the module docstring)."""
+    try:
+        import diffusers
+    except ImportError as e:  # pragma: no cover - diffusers is an optional extra
+        raise ValueError("diffusers: models need the diffusers extra: pip install 'nfebench[diffusers]'") from e
+    from pathlib import Path
+
+    diffusers.utils.logging.set_verbosity_error()  # no advice to install accelerate on every load
+    path = Path(source)
+    local = path.is_dir()
+    if not local and (source.startswith((".", "/", "~")) or path.suffix or not "/" in source):
+        raise ValueError(f"diffusers model directory {source!r} does not exist")
+    is_pipeline = (path / "model_index.json").is_file() if local else True
+    model_dir, sched_dir = ("unet", "scheduler") if is_pipeline else (None, None)
+    try:
+        sched_kwargs = {"subfolder": sched_dir} if sched_dir else {}
+        sched_config = diffusers.DDPMScheduler.load_config(source, **sched_kwargs)
+        model_config = diffusers.UNet2DModel.load_config(source, **({"subfolder": model_dir} if model_dir else {}))
+        cls = getattr(diffusers, model_config.get("_class_name", "UNet2DModel"))
+        module = cls.from_pretrained(source, **({"subfolder": model_dir} if model_dir else {}))
+    except (OSError, ValueError, EnvironmentError) as e:
+        where = "directory" if local else "hub id (no network here? download it and pass the local directory)"
+        raise ValueError(f"could not load diffusers model from {where} {source!r}: {e}") from None
+    scheduler = diffusers.DDPMScheduler.from_config(sched_config)
+    prediction = _DIFFUSERS_PREDICTIONS.get(sched_config.get("prediction_type", "epsilon"))
+    if prediction is None:
+        raise ValueError(f"unsupported prediction_type {sched_config.get('prediction_type')!r}; "
+                         f"valid: {', '.join(_DIFFUSERS_PREDICTIONS)}")
+    schedule = DiscreteVP(alphas_cumprod=scheduler.alphas_cumprod.to(torch.float64))
+    in_ch = model_config.get("in_channels", 3)
+    size = model_config.get("sample_size", 32)
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    learned = model_config.get("out_channels", in_ch) == 2 * in_ch
+    module.eval().requires_grad_(False).to(device)
+    return DiffusionModel(_DiffusersNet(module), schedule, prediction=prediction, sample_shape=(in_ch, *size),
+                          learned_variance=learned)
+
+
 def load(name: str, schedule: Union[str, Schedule] = "vp_linear") -> DiffusionModel:
     """Load a named model (see the module docstring) on ``schedule`` (a name or a Schedule)."""
     kind, _, rest = name.partition(":")
@@ -87,4 +146,7 @@ def load(name: str, schedule: Union[str, Schedule] = "vp_linear") -> DiffusionMo
         return GMM_PRESETS[rest](make_schedule(schedule))
     if kind == "python" and rest:
         return _load_python(rest, make_schedule(schedule))
-    raise ValueError(f"unknown model {name!r}; valid: {', '.join(available())}, python:<module>:<function>")
+    if kind == "diffusers" and rest:
+        return load_diffusers(rest)
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(available())}, python:<module>:<function>, "
+                     f"diffusers:<dir or hub id>")

@@ -14,12 +14,14 @@ import torch
 from score_models.schedules import Schedule, as_time
 
 GRIDS = ("uniform", "quadratic", "edm", "logsnr")
+#: Discrete timestep spacings (Lin et al. 2024, Table 2), for schedules with training timesteps.
+SPACINGS = ("leading", "trailing", "linspace")
 GridSpec = Union[str, torch.Tensor]
 
-__all__ = ["GRIDS", "time_grid", "check_grid", "spacing"]
+__all__ = ["GRIDS", "SPACINGS", "time_grid", "check_grid", "spaced_times", "discrete_timesteps"]
 
 
-def spacing(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float, rho: float = 7.0) -> torch.Tensor:
+def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float, rho: float = 7.0) -> torch.Tensor:
     """n_points float64 times from t_max to t_min (both included) spaced as named:
 
     - ``uniform``: evenly in t.
@@ -53,13 +55,48 @@ def spacing(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: f
     return t
 
 
-def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec = "edm", *, rho: float = 7.0,
-              t_min: float | None = None, t_max: float | None = None, to_zero: bool = True) -> torch.Tensor:
+def discrete_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_offset: int = 0) -> torch.Tensor:
+    """n training timesteps, descending, spaced as in Lin et al. 2024, Table 2 (and diffusers):
+
+    - ``linspace``: round(linspace(0, T-1, n)), which includes T-1 and 0;
+    - ``leading``: arange(n) * (T // n) + steps_offset, which never visits T-1;
+    - ``trailing``: round(arange(T, 0, -T/n)) - 1, which includes T-1.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+    t_train = num_train_timesteps
+    if not 1 <= n <= t_train:
+        raise ValueError(f"a {spacing} spacing needs 1 <= steps <= {t_train}, got {n}")
+    if spacing == "linspace":
+        ts = torch.linspace(0, t_train - 1, n, dtype=torch.float64).round()
+    elif spacing == "leading":
+        ts = torch.arange(n, dtype=torch.float64) * (t_train // n) + steps_offset
+    else:
+        ts = (torch.arange(t_train, 0, -t_train / n, dtype=torch.float64).round() - 1).flip(0)
+    if int(ts.max()) > t_train - 1:
+        raise ValueError(f"steps_offset={steps_offset} pushes timestep {int(ts.max())} past {t_train - 1}")
+    return ts.flip(0)
+
+
+def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *, rho: float = 7.0,
+              t_min: float | None = None, t_max: float | None = None, to_zero: bool = True,
+              spacing: str | None = None, steps_offset: int = 0) -> torch.Tensor:
     """The n_steps + 1 times a fixed-step sampler visits (see module docstring).
 
     ``grid`` is a name from :data:`GRIDS` or a 1-D tensor of times (validated and used as is;
-    then n_steps must match its length - 1).
+    then n_steps must match its length - 1). ``spacing`` (instead of ``grid``) picks n_steps
+    training timesteps of a discrete schedule (:func:`discrete_timesteps`), followed by t_data
+    (``to_zero``, diffusers' ``set_alpha_to_one``) or by timestep 0 unless already there.
     """
+    if spacing is not None:
+        if getattr(schedule, "num_train_timesteps", None) is None:
+            raise ValueError(f"spacing={spacing!r} needs a discrete schedule with training timesteps "
+                             f"(DiscreteVP), not {schedule.name}; use grid= instead")
+        ts = discrete_timesteps(schedule.num_train_timesteps, n_steps, spacing, steps_offset)
+        end = schedule.t_data if to_zero else schedule.t_min
+        if float(ts[-1]) != end:
+            ts = torch.cat([ts, torch.tensor([end], dtype=torch.float64)])
+        return check_grid(schedule, ts) if ts.numel() > 1 else ts
     if isinstance(grid, torch.Tensor):
         times = check_grid(schedule, grid)
         if times.numel() - 1 != n_steps:
@@ -72,7 +109,7 @@ def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec = "edm", *, rho: 
     schedule.check_times(torch.tensor([t_max, t_min], dtype=torch.float64), "t_max/t_min")
     if not t_max > t_min:
         raise ValueError(f"need t_max > t_min, got t_max={t_max}, t_min={t_min}")
-    times = spacing(schedule, n_steps if to_zero else n_steps + 1, grid, t_max, t_min, rho)
+    times = spaced_times(schedule, n_steps if to_zero else n_steps + 1, grid, t_max, t_min, rho)
     if to_zero:
         times = torch.cat([times, torch.tensor([schedule.t_data], dtype=torch.float64)])
     return times

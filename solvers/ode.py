@@ -28,7 +28,7 @@ def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alph
 
 
 @register("euler", order=1, stochastic=False, nfe_rule="N (one per step)",
-          nfe_for_steps=lambda n, ends_at_data: n, paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3")
+          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3")
 def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Euler's method on the PF-ODE in the scaled space (Karras et al. 2022, eq. 4 and sec. 3).
@@ -47,7 +47,7 @@ def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
 
 @register("heun", order=2, stochastic=False,
           nfe_rule="2N-1 when the grid ends at sigma=0 (last step Euler), else 2N",
-          nfe_for_steps=lambda n, ends_at_data: 2 * n - 1 if ends_at_data else 2 * n,
+          nfe_for_steps=lambda n, ends_at_data, o: 2 * n - 1 if ends_at_data else 2 * n,
           paper="Karras et al. 2022, Algorithms 1 and 2",
           stochastic_if=lambda o: o["s_churn"] > 0)
 def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,

@@ -13,7 +13,7 @@ from score_models.parameterization import DiffusionModel
 from .grids import time_grid
 
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
-GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero")
+GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset")
 #: Arguments every sampler function takes and that are not user options.
 _POSITIONAL = ("model", "x_T", "times")
 _PLUMBING = ("generator", "max_nfe", "stats")
@@ -25,17 +25,18 @@ __all__ = ["SamplerSpec", "register", "get", "available", "sample", "GRID_OPTION
 class SamplerSpec:
     """What the suite knows about a sampler.
 
-    ``nfe_for_steps(n_steps, ends_at_data)`` is the exact network-evaluation count of a
-    fixed-step sampler over a grid of n_steps intervals (ends_at_data: the last time is
-    sigma = 0); None marks an adaptive sampler, for which ``nfe`` is a cap.
+    ``nfe_for_steps(n_steps, ends_at_data, options)`` is the exact network-evaluation count of
+    a fixed-step sampler over a grid of n_steps intervals (ends_at_data: the last time is
+    sigma = 0; options: the sampler's options with defaults filled in); None marks an adaptive
+    sampler, for which ``nfe`` is a cap. ``order`` is a number or a function of the options.
     """
 
     name: str
     fn: Callable[..., torch.Tensor]
-    order: Optional[float]
+    order: Any
     stochastic: bool
     nfe_rule: str
-    nfe_for_steps: Optional[Callable[[int, bool], int]]
+    nfe_for_steps: Optional[Callable[[int, bool, Dict[str, Any]], int]]
     paper: str
     default_grid: str = "edm"
     grid_options: Tuple[str, ...] = GRID_OPTIONS
@@ -50,17 +51,28 @@ class SamplerSpec:
     def options(self) -> Tuple[str, ...]:
         return tuple(self.grid_options) + tuple(self.defaults)
 
-    def is_stochastic(self, options: Dict[str, Any]) -> bool:
-        return self.stochastic or bool(self.stochastic_if and self.stochastic_if({**self.defaults, **options}))
+    def with_defaults(self, options: Dict[str, Any]) -> Dict[str, Any]:
+        return {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}}
 
-    def steps_for_budget(self, nfe: int, ends_at_data: bool) -> int:
-        """The most steps whose counted NFE stays within ``nfe`` (ValueError below the minimum)."""
+    def is_stochastic(self, options: Dict[str, Any]) -> bool:
+        return self.stochastic or bool(self.stochastic_if and self.stochastic_if(self.with_defaults(options)))
+
+    def order_of(self, options: Dict[str, Any]) -> Optional[float]:
+        return self.order(self.with_defaults(options)) if callable(self.order) else self.order
+
+    def count(self, n_steps: int, ends_at_data: bool, options: Dict[str, Any]) -> int:
+        """Exact NFE over a grid of n_steps intervals."""
         assert self.nfe_for_steps is not None
-        minimum = self.nfe_for_steps(1, ends_at_data)
+        return self.nfe_for_steps(n_steps, ends_at_data, self.with_defaults(options))
+
+    def steps_for_budget(self, nfe: int, ends_at_data: bool, options: Optional[Dict[str, Any]] = None) -> int:
+        """The most steps whose counted NFE stays within ``nfe`` (ValueError below the minimum)."""
+        options = options or {}
+        minimum = self.count(1, ends_at_data, options)
         if nfe < minimum:
             raise ValueError(f"{self.name} needs nfe >= {minimum} (got {nfe}); its rule: {self.nfe_rule}")
         n = 1
-        while self.nfe_for_steps(n + 1, ends_at_data) <= nfe:
+        while self.count(n + 1, ends_at_data, options) <= nfe:
             n += 1
         return n
 
@@ -68,8 +80,8 @@ class SamplerSpec:
 _REGISTRY: Dict[str, SamplerSpec] = {}
 
 
-def register(name: str, *, order: Optional[float], stochastic: bool, nfe_rule: str,
-             nfe_for_steps: Optional[Callable[[int, bool], int]], paper: str, default_grid: str = "edm",
+def register(name: str, *, order: Any, stochastic: bool, nfe_rule: str,
+             nfe_for_steps: Optional[Callable[[int, bool, Dict[str, Any]], int]], paper: str, default_grid: str = "edm",
              grid_options: Tuple[str, ...] = GRID_OPTIONS,
              stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Callable:
     """Decorator declaring a sampler ``fn(model, x_T, times, *, <options>, generator=None)``.
@@ -100,7 +112,7 @@ def register(name: str, *, order: Optional[float], stochastic: bool, nfe_rule: s
             raise TypeError(f"adaptive sampler {name!r} must accept max_nfe=")
         if nfe_for_steps is not None:
             for ends in (True, False):
-                counts = [nfe_for_steps(n, ends) for n in range(1, 6)]
+                counts = [nfe_for_steps(n, ends, dict(defaults)) for n in range(1, 6)]
                 if counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
                     raise ValueError(f"{name}: NFE rule must be >= 1 and strictly increasing in steps, got {counts}")
         _REGISTRY[name] = SamplerSpec(name, fn, order, stochastic, nfe_rule, nfe_for_steps, paper,
@@ -126,7 +138,7 @@ def get(name: str) -> SamplerSpec:
 
 def _load_builtin() -> None:
     # The built-in samplers register themselves on import.
-    from . import ode, sde  # noqa: F401
+    from . import ddim, dpm_solver, multistep, ode, pc, sde  # noqa: F401
 
 
 def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[int] = None,
@@ -134,7 +146,7 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
            **options: Any) -> torch.Tensor:
     """Draw samples with a registered sampler from standard-normal ``noise``.
 
-    Starts at x_T = schedule.prior_std * noise and makes at most ``nfe`` network evaluations
+    Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and makes at most ``nfe`` network evaluations
     (exactly the registered rule's count for fixed-step samplers; a cap for adaptive ones).
     ``grid`` may be a name or a tensor of times (then ``nfe`` may be None). ``stats``, if given,
     is filled with the counted ``nfe``, ``n_steps`` and anything the sampler reports.
@@ -144,7 +156,10 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; valid: {', '.join(spec.options) or 'none'}")
     grid_kw = {k: options.pop(k) for k in spec.grid_options if k in options}
-    grid = grid_kw.pop("grid", spec.default_grid)
+    if "spacing" in grid_kw and "grid" in grid_kw:
+        raise ValueError(f"give grid= or spacing= (discrete timesteps), not both; got grid={grid_kw['grid']!r}, "
+                         f"spacing={grid_kw['spacing']!r}")
+    grid = grid_kw.pop("grid", None if "spacing" in grid_kw else spec.default_grid)
     sched = model.schedule
 
     if spec.adaptive:
@@ -155,16 +170,17 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     elif isinstance(grid, torch.Tensor):
         times = time_grid(sched, grid.numel() - 1, grid)
         n_steps = times.numel() - 1
-        need = spec.nfe_for_steps(n_steps, bool(times[-1] == sched.t_data))
+        need = spec.count(n_steps, bool(times[-1] == sched.t_data), options)
         if nfe is not None and need > nfe:
             raise ValueError(f"{name} on the given {n_steps}-step grid needs {need} NFE, more than nfe={nfe}")
     else:
         if nfe is None:
             raise ValueError(f"{name} needs nfe= (or a tensor grid=)")
-        n_steps = spec.steps_for_budget(int(nfe), grid_kw.get("to_zero", True))
+        n_steps = spec.steps_for_budget(int(nfe), grid_kw.get("to_zero", True), options)
         times = time_grid(sched, n_steps, grid, **grid_kw)
+        n_steps = times.numel() - 1  # a discrete spacing may merge a duplicate final timestep
 
-    x_T = sched.prior_std * noise
+    x_T = sched.prior_std_at(float(times[0])) * noise
     extra: Dict[str, Any] = {}
     params = inspect.signature(spec.fn).parameters
     if "max_nfe" in params:

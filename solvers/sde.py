@@ -18,7 +18,7 @@ Brownian = Callable[[float, float], torch.Tensor]
 
 @register("euler_maruyama", order=0.5, stochastic=True,
           nfe_rule="N (one per step; a final step to sigma=0 is a denoising step)",
-          nfe_for_steps=lambda n, ends_at_data: n, paper="Song et al. 2021, sec. 4.2 and appendix",
+          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Song et al. 2021, sec. 4.2 and appendix",
           default_grid="uniform")
 def euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
                    brownian: Optional[Brownian] = None,

@@ -103,13 +103,13 @@ def test_counted_nfe_equals_the_registered_rule(name):
                 continue
             assert stats["nfe"] == model.nfe <= budget
             if not spec.adaptive:
-                assert stats["nfe"] == spec.nfe_for_steps(stats["n_steps"], to_zero)
-                best = max(n for n in range(1, budget + 1) if spec.nfe_for_steps(n, to_zero) <= budget)
+                assert stats["nfe"] == spec.count(stats["n_steps"], to_zero, {})
+                best = max(n for n in range(1, budget + 1) if spec.count(n, to_zero, {}) <= budget)
                 assert stats["n_steps"] == best
 
 
 def test_heun_budget_conventions():
-    assert solvers.get("heun").nfe_for_steps(18, True) == 35  # EDM's 35-NFE CIFAR-10 setting
+    assert solvers.get("heun").count(18, True, {}) == 35  # EDM's 35-NFE CIFAR-10 setting
     model = zoo.load("gmm:ring8", schedule="edm")
     stats = {}
     solvers.sample("heun", model, torch.randn(4, 2), nfe=36, stats=stats)
@@ -183,9 +183,9 @@ def test_euler_maruyama_samples_the_data_distribution():
 def test_errors_name_valid_choices():
     model = zoo.load("gmm:ring8", schedule="vp_linear")
     noise = torch.randn(4, 2)
-    with pytest.raises(ValueError, match=r"unknown sampler 'hune'; valid: euler, euler_maruyama, heun"):
+    with pytest.raises(ValueError, match=r"unknown sampler 'hune'; valid: ddim, ddpm, .*euler, euler_maruyama, heun"):
         solvers.sample("hune", model, noise, nfe=10)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: grid, rho, t_min, t_max, to_zero, s_churn"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: grid, rho, t_min, t_max, to_zero, spacing, steps_offset, s_churn"):
         solvers.sample("heun", model, noise, nfe=10, churn=1.0)
     with pytest.raises(ValueError, match=r"heun needs nfe >= 2 \(got 1\)"):
         solvers.sample("heun", model, noise, nfe=1, to_zero=False)
@@ -208,13 +208,13 @@ def test_registry_metadata_and_registration_checks():
         spec = solvers.get(name)
         assert spec.paper and spec.nfe_rule and spec.order is not None
     with pytest.raises(ValueError, match="registered twice"):
-        solvers.register("euler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e: n,
+        solvers.register("euler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e, o: n,
                          paper="x")(lambda model, x_T, times, *, generator=None: x_T)
     with pytest.raises(TypeError, match="keyword-only with a default"):
-        solvers.register("bad_sampler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e: n,
+        solvers.register("bad_sampler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e, o: n,
                          paper="x")(lambda model, x_T, times, k, *, generator=None: x_T)
     with pytest.raises(ValueError, match="strictly increasing"):
-        solvers.register("bad_rule", order=1, stochastic=False, nfe_rule="1", nfe_for_steps=lambda n, e: 1,
+        solvers.register("bad_rule", order=1, stochastic=False, nfe_rule="1", nfe_for_steps=lambda n, e, o: 1,
                          paper="x")(lambda model, x_T, times, *, generator=None: x_T)
     assert "bad_sampler" not in solvers.available() and "bad_rule" not in solvers.available()
 

@@ -1,0 +1,186 @@
+"""Side-by-side equivalence with diffusers' schedulers on the same network and noise.
+
+    python -m benchmarks.equivalence          # prints the table (sampler x spacing -> max |diff|)
+
+Two networks, each run through diffusers' own denoising loop and through our sampler from the
+same latents (per-step noise from equally seeded generators):
+
+- ``gmm``: the exact eps of the image-shaped Gaussian mixture on diffusers' DDPM schedule, so the
+  samples live at data scale and max |diff| is an absolute figure (the issue's <= 1e-4);
+- ``unet``: a small random UNet2DModel saved with save_pretrained and loaded back through
+  ``zoo.load("diffusers:<dir>")``. Untrained, it drives samples to |x| ~ 10^2, so its max |diff|
+  is read relative to max |x| (diffusers keeps alphas_cumprod in float32: ~1e-7 relative).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+import solvers
+from score_models import GaussianMixture, zoo
+
+__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table"]
+
+
+def make_tiny_pipeline(directory: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """A small random DDPM pipeline (UNet2DModel on 3x8x8, DDPM linear betas) saved to disk."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory)
+    return Path(directory)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One diffusers scheduler configuration and the nfebench sampler call that should match it."""
+
+    label: str
+    scheduler: str
+    scheduler_config: Dict[str, Any]
+    sampler: str
+    options: Dict[str, Any]
+    grid_from_diffusers: bool = False  # pass diffusers' own timesteps as our grid
+    scale_noise_like: Optional[str] = None  # "sigma": diffusers scales latents by init_noise_sigma in sigma-space
+    step_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to diffusers' step()
+
+
+CASES: List[Case] = [
+    Case("DDIM eta=0", "DDIMScheduler", dict(set_alpha_to_one=True), "ddim", dict(eta=0.0), step_kwargs={"eta": 0.0}),
+    Case("DDIM eta=1", "DDIMScheduler", dict(set_alpha_to_one=True), "ddim", dict(eta=1.0), step_kwargs={"eta": 1.0}),
+    Case("DDPM fixed_small", "DDPMScheduler", dict(variance_type="fixed_small"), "ddpm", dict(variance="fixed_small")),
+    Case("DDPM fixed_large", "DDPMScheduler", dict(variance_type="fixed_large"), "ddpm", dict(variance="fixed_large")),
+    Case("PNDM (PRK warm-up)", "PNDMScheduler", dict(skip_prk_steps=False, set_alpha_to_one=True), "pndm", {}),
+    Case("PNDM skip_prk_steps", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=True), "plms",
+         dict(warmup="improved_euler")),
+    Case("PNDM skip_prk, alpha_1=abar_0", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=False),
+         "plms", dict(warmup="improved_euler", to_zero=False)),
+    Case("EulerDiscrete", "EulerDiscreteScheduler", {}, "euler", {}, scale_noise_like="sigma"),
+    Case("HeunDiscrete", "HeunDiscreteScheduler", {}, "heun", {}, scale_noise_like="sigma"),
+    Case("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++"),
+         "dpm_solver", dict(order=2), grid_from_diffusers=True),
+    Case("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++"),
+         "dpm_solver", dict(order=3, third_order_term="diffusers"), grid_from_diffusers=True),
+]
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+#: Cells where diffusers makes a choice our samplers do not reproduce, and why.
+NOT_COMPARABLE = {
+    ("DDIM eta=0", "linspace"): "diffusers' DDIM steps t -> t - T//N, not to the next linspace timestep",
+    ("DDIM eta=1", "linspace"): "diffusers' DDIM steps t -> t - T//N, not to the next linspace timestep",
+    ("PNDM (PRK warm-up)", "linspace"): "diffusers' PNDM steps t -> t - T//N, not to the next linspace timestep",
+    ("PNDM skip_prk_steps", "linspace"): "diffusers' PNDM steps t -> t - T//N, not to the next linspace timestep",
+    ("PNDM skip_prk, alpha_1=abar_0", "linspace"): "diffusers' PNDM steps t -> t - T//N",
+    ("DDPM fixed_large", "trailing"): "diffusers adds beta-variance noise on its final step into the data "
+                                       "(last timestep 99 > 0); we add none on a step onto sigma = 0",
+}
+
+
+def _quiet_diffusers() -> None:
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def _diffusers_loop(pipe_dir: Path, case: Case, spacing: str, steps: int, latents: torch.Tensor,
+                    seed: int, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                    ) -> tuple[torch.Tensor, List[float], float]:
+    import diffusers
+
+    base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
+    cls = getattr(diffusers, case.scheduler)
+    sched = cls.from_config({**base, "timestep_spacing": spacing, "clip_sample": False, **case.scheduler_config})
+    sched.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = latents * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = net(sched.scale_model_input(x, t), t)
+            kwargs = {"generator": generator} if case.scheduler in ("DDIMScheduler", "DDPMScheduler") else {}
+            x = sched.step(out, t, x, **kwargs, **case.step_kwargs).prev_sample
+    return x, [float(t) for t in sched.timesteps], float(sched.init_noise_sigma)
+
+
+def _network(pipe_dir: Path, network: str, dtype: torch.dtype):
+    """(our DiffusionModel, the same network as diffusers' loop calls it: net(x, t) -> eps)."""
+    model = zoo.load(f"diffusers:{pipe_dir}")
+    if network == "unet":
+        model.net.to(dtype)
+        return model, lambda x, t: model.net(x, t.expand(x.shape[0]).to(x.dtype))
+    if network == "gmm":
+        preset = zoo.load("gmm:image3x8x8", schedule=model.schedule)
+        exact = GaussianMixture(preset.means.reshape(-1, 3, 8, 8), preset.variances.sqrt().reshape(-1, 3, 8, 8),
+                                preset.weights, schedule=model.schedule, prediction="eps")
+        return exact, lambda x, t: exact.net(x, torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]))
+    raise ValueError(f"unknown network {network!r}; valid: gmm, unet")
+
+
+def run_case(pipe_dir: Path, case: Case, spacing: str, network: str = "gmm", steps: int = 10, n: int = 4,
+             seed: int = 0, dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
+    """Run one case both ways (network and states in ``dtype``; diffusers keeps its float32
+    alphas_cumprod); returns max |ours - diffusers| and the counted NFE of each."""
+    _quiet_diffusers()
+    latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
+    model, net = _network(pipe_dir, network, dtype)
+    theirs, their_timesteps, init_sigma = _diffusers_loop(pipe_dir, case, spacing, steps, latents, seed, net)
+    options = dict(case.options)
+    noise = latents
+    if case.scale_noise_like == "sigma":
+        # diffusers' sigma-space samplers start from x~ = init_noise_sigma * latents; our x_T is
+        # unscaled (x = alpha x~), so feed the same state.
+        noise = latents * init_sigma * float(model.schedule.alpha(their_timesteps[0]))
+    if case.grid_from_diffusers:
+        # diffusers' DPMSolverMultistepScheduler spaces its timesteps its own way (N+1 points, last
+        # dropped, for linspace/leading); give its timesteps to our sampler as the grid.
+        options["grid"] = torch.tensor(sorted(set(their_timesteps), reverse=True) + [model.schedule.t_data],
+                                       dtype=torch.float64)
+        nfe = None
+    else:
+        options["spacing"] = spacing
+        nfe = solvers.get(case.sampler).count(steps, options.get("to_zero", True), options)
+    stats: Dict[str, Any] = {}
+    ours = solvers.sample(case.sampler, model, noise, nfe=nfe, generator=torch.Generator().manual_seed(seed),
+                          stats=stats, **options)
+    return {"case": case.label, "spacing": spacing, "network": network, "max_abs_diff": float((ours - theirs).abs().max()),
+            "max_abs_value": float(theirs.abs().max()),
+            "nfe_ours": stats["nfe"], "diffusers_calls": len(their_timesteps)}
+
+
+def equivalence_table(steps: int = 10, cases: Sequence[Case] = tuple(CASES),
+                      networks: Sequence[str] = ("gmm", "unet")) -> List[Dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe_dir = make_tiny_pipeline(Path(tmp) / "pipe")
+        for case in cases:
+            for spacing in SPACINGS:
+                for network in networks:
+                    row = run_case(pipe_dir, case, spacing, network=network, steps=steps)
+                    row["note"] = NOT_COMPARABLE.get((case.label, spacing), "")
+                    rows.append(row)
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    print(f"{'diffusers scheduler':<30} {'spacing':<9} {'network':<7} {'max|diff|':>10} {'max|x|':>8} {'NFE ours':>8} "
+          f"{'diffusers calls':>15}  note")
+    for r in equivalence_table(args.steps):
+        print(f"{r['case']:<30} {r['spacing']:<9} {r['network']:<7} {r['max_abs_diff']:10.2e} {r['max_abs_value']:8.3g} "
+              f"{r['nfe_ours']:8d} {r['diffusers_calls']:15d}  {r['note']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""DDIM and DDPM ancestral sampling on any sub-sequence of times.
+
+Both step from t to s < t through the model's (x0, eps) at t. Written for any affine schedule
+(alpha, sigma); for VP these are the papers' formulas with abar = alpha^2.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from score_models.parameterization import DiffusionModel
+
+from .noise import randn_like
+from .registry import register
+
+__all__ = ["ddim", "ddpm", "DDPM_VARIANCES"]
+
+DDPM_VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+
+
+@register("ddim", order=1, stochastic=False, nfe_rule="N (one per step)",
+          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
+          default_grid="uniform", stochastic_if=lambda o: o["eta"] > 0)
+def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: float = 0.0,
+         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021a, eq. 12), step t -> s:
+
+        x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
+        c = eta sigma_s sqrt(1 - alpha_t^2 sigma_s^2 / (alpha_s^2 sigma_t^2)),
+
+    which for VP is the paper's eta sqrt((1-abar_s)/(1-abar_t)) sqrt(1-abar_t/abar_s). eta = 0 is
+    deterministic (and equals Euler in the scaled space); eta = 1 has DDPM's posterior variance.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    sched = model.schedule
+    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
+    x = x_T
+    for i in range(len(alphas) - 1):
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        x0, eps = model.x0_and_eps(x, times[i])
+        c = eta * s_s * math.sqrt(max(0.0, 1.0 - (a_t * s_s) ** 2 / (a_s * s_t) ** 2))
+        x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * eps
+        if c > 0:
+            x = x + c * randn_like(x, generator)
+    return x
+
+
+@register("ddpm", order=0.5, stochastic=True, nfe_rule="N (one per step)",
+          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Ho, Jain & Abbeel 2020, Algorithm 2 and eq. 7",
+          default_grid="uniform")
+def ddpm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, variance: str = "fixed_small",
+         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) over any sub-sequence of times, step t -> s:
+    the Gaussian posterior q(x_s | x_t, x0) with x0 predicted (their eq. 7 with
+    abar_t/abar_s in place of alpha_t, as in Nichol & Dhariwal 2021 sec. 4):
+
+        mean = alpha_s b / sigma_t^2 x0 + a sigma_s^2 / sigma_t^2 x_t,   a = alpha_t/alpha_s, b = sigma_t^2 - a^2 sigma_s^2
+
+    ``variance``: ``fixed_small`` b sigma_s^2/sigma_t^2 (beta tilde), ``fixed_large`` b (beta),
+    ``learned_range`` (Nichol & Dhariwal 2021, eq. 15) interpolating the two in log space with the
+    network's extra output channels. No noise is added on a step that lands on sigma = 0.
+    """
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(DDPM_VARIANCES)}")
+    sched = model.schedule
+    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
+    x = x_T
+    for i in range(len(alphas) - 1):
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        a = a_t / a_s
+        b = s_t**2 - a**2 * s_s**2  # variance of x_t given x_s (the step's beta)
+        if variance == "learned_range":
+            x0, _, v = model.x0_eps_and_variance(x, times[i])
+        else:
+            x0, _ = model.x0_and_eps(x, times[i])
+        x = (a_s * b / s_t**2) * x0 + (a * s_s**2 / s_t**2) * x
+        if s_s == 0:
+            continue
+        small = b * s_s**2 / s_t**2
+        if variance == "fixed_small":
+            std = math.sqrt(small)
+        elif variance == "fixed_large":
+            std = math.sqrt(b)
+        else:
+            frac = (v + 1) / 2
+            std = torch.exp(0.5 * (frac * math.log(b) + (1 - frac) * math.log(small)))
+        x = x + std * randn_like(x, generator)
+    return x

@@ -1,0 +1,128 @@
+"""Score-based stochastic samplers: predictor-corrector (Song et al. 2021) and annealed
+Langevin dynamics (Song & Ermon 2019)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from score_models.parameterization import DiffusionModel
+from score_models.schedules import Schedule
+
+from .noise import randn_like
+from .registry import register
+
+__all__ = ["pc", "langevin", "PREDICTORS", "CORRECTORS"]
+
+PREDICTORS = ("reverse_diffusion", "euler_maruyama", "none")
+CORRECTORS = ("langevin", "none")
+NORMS = ("batch", "sample")
+
+
+def _per_step_cost(o: dict) -> int:
+    return (o["predictor"] != "none") + (o["n_corrector"] if o["corrector"] != "none" else 0)
+
+
+def _pc_nfe(n: int, ends_at_data: bool, o: dict) -> int:
+    # The step onto sigma = 0 is one denoising evaluation, with no corrector after it.
+    cost = max(_per_step_cost(o), 1)
+    return (n - 1) * cost + 1 if ends_at_data else n * cost
+
+
+def _corrector_alpha(schedule: Schedule, t: torch.Tensor) -> float:
+    """score-SDE's alpha_i in the Langevin step size: 1 - beta_i for VP (beta of one training
+    step: one timestep for DiscreteVP, 1/1000 of t for continuous VP, score-SDE's N = 1000), else 1."""
+    if not schedule.variance_preserving:
+        return 1.0
+    step = 1.0 if getattr(schedule, "num_train_timesteps", None) is not None else 1e-3
+    return 1.0 - float(schedule.g2(t)) * step
+
+
+def _langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: float, norm: str):
+    """2 alpha (snr ||z|| / ||score||)^2 (Song et al. 2021, Algorithm 4/5); norms averaged over the
+    batch as score-SDE does (``norm="batch"``) or per sample (``"sample"``)."""
+    g = score.reshape(score.shape[0], -1).norm(dim=-1)
+    n = z.reshape(z.shape[0], -1).norm(dim=-1)
+    if norm == "batch":
+        return 2 * alpha * (snr * n.mean() / g.mean()) ** 2
+    return (2 * alpha * (snr * n / g) ** 2).reshape((-1,) + (1,) * (score.dim() - 1))
+
+
+@register("pc", order=0.5, stochastic=True,
+          nfe_rule="N x (predictor + n_corrector) evaluations; the step onto sigma=0 is 1 denoising evaluation",
+          nfe_for_steps=_pc_nfe, paper="Song et al. 2021 (score-SDE), Algorithms 2-5", default_grid="uniform")
+def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predictor: str = "reverse_diffusion",
+       corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1, norm: str = "batch",
+       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Predictor-corrector sampling (Song et al. 2021, Algorithm 2): each step t -> s runs the
+    predictor, then ``n_corrector`` Langevin corrector steps at s with the signal-to-noise step
+    size rule (Algorithms 4/5; snr = 0.16 is score-SDE's VE setting; for VP it used 0.01 with the
+    reverse-diffusion predictor). Predictors: ``reverse_diffusion`` (x_s = (2 - a) x_t + G^2 score +
+    G z with a = alpha_t/alpha_s, G^2 = sigma_t^2 - a^2 sigma_s^2, the discretised reverse SDE of
+    their eq. 46), ``euler_maruyama``, ``none`` (corrector only). The step onto sigma = 0 is the
+    denoising step x = E[x0 | x_t] (score-SDE's "noise removal").
+    """
+    for value, valid, what in ((predictor, PREDICTORS, "predictor"), (corrector, CORRECTORS, "corrector"),
+                               (norm, NORMS, "norm")):
+        if value not in valid:
+            raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    if n_corrector < 0 or snr <= 0:
+        raise ValueError(f"need n_corrector >= 0 and snr > 0, got {n_corrector}, {snr}")
+    if predictor == "none" and (corrector == "none" or n_corrector == 0):
+        raise ValueError("predictor='none' needs a corrector with n_corrector >= 1")
+    sched = model.schedule
+    ts = times.tolist()
+    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
+    f, g2 = sched.f(times).tolist(), sched.g2(times).tolist()
+    x = x_T
+    for i in range(len(ts) - 1):
+        if sigmas[i + 1] == 0:
+            x = model.x0(x, times[i])
+            break
+        # Predictor, t_i -> t_{i+1}.
+        if predictor == "reverse_diffusion":
+            a = alphas[i] / alphas[i + 1]
+            big_g2 = sigmas[i] ** 2 - a**2 * sigmas[i + 1] ** 2
+            x = (2 - a) * x + big_g2 * model.score(x, times[i]) + math.sqrt(big_g2) * randn_like(x, generator)
+        elif predictor == "euler_maruyama":
+            dt = ts[i + 1] - ts[i]
+            x = x + (f[i] * x - g2[i] * model.score(x, times[i])) * dt + math.sqrt(-g2[i] * dt) * randn_like(x, generator)
+        # Corrector: Langevin MCMC at t_{i+1}.
+        if corrector == "langevin":
+            alpha_i = _corrector_alpha(sched, times[i + 1])
+            for _ in range(n_corrector):
+                score = model.score(x, times[i + 1])
+                z = randn_like(x, generator)
+                step = _langevin_step_size(score, z, snr, alpha_i, norm)
+                x = x + step * score + torch.sqrt(2 * torch.as_tensor(step)) * z
+    return x
+
+
+@register("langevin", order=0.5, stochastic=True,
+          nfe_rule="levels x steps_per_level, +1 denoising evaluation when the grid ends at sigma=0",
+          nfe_for_steps=lambda n, e, o: n * o["steps_per_level"] + (1 if e else o["steps_per_level"]),
+          paper="Song & Ermon 2019 (NCSN), Algorithm 1", default_grid="logsnr")
+def langevin(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, steps_per_level: int = 10,
+             step_lr: float = 2e-5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) over the noise levels of the
+    grid (by default geometric in sigma~): at level sigma_i, with a_i = step_lr sigma_i^2 / sigma_L^2,
+    ``steps_per_level`` times x~ <- x~ + (a_i/2) score~(x~) + sqrt(a_i) z, in the scaled space
+    (score~ = alpha score). A grid ending at sigma = 0 adds the denoising step x = D(x~, sigma_L)
+    (Tweedie; Jolicoeur-Martineau et al. 2021, NCSNv2's final denoising).
+    """
+    if steps_per_level < 1 or step_lr <= 0:
+        raise ValueError(f"need steps_per_level >= 1 and step_lr > 0, got {steps_per_level}, {step_lr}")
+    sched = model.schedule
+    ends_at_data = bool(times[-1] == sched.t_data)
+    levels = times[:-1] if ends_at_data else times
+    sig, alphas = sched.sigma_tilde(levels).tolist(), sched.alpha(levels).tolist()
+    x = x_T / alphas[0]
+    for i, t in enumerate(levels):
+        a_i = step_lr * sig[i] ** 2 / sig[-1] ** 2
+        for _ in range(steps_per_level):
+            score = alphas[i] * model.score(alphas[i] * x, t)
+            x = x + 0.5 * a_i * score + math.sqrt(a_i) * randn_like(x, generator)
+    if ends_at_data:
+        return model.x0(alphas[-1] * x, levels[-1])
+    return alphas[-1] * x
