@@ -105,23 +105,30 @@ def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
             data = data[data[metric] > 0]
             if data.empty:
                 continue
-            fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(12, 4.8))
-            for series, g in data.groupby("series", sort=False):
+            fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
+            colors = plt.get_cmap("tab20").colors
+            markers = "osD^v<>pP*Xh"
+            for k, (series, g) in enumerate(data.groupby("series", sort=False)):
                 g = g.groupby("nfe_budget").agg({"nfe": "mean", metric: "mean", "wall_s": "mean"}).sort_values("nfe")
-                ax_nfe.plot(g["nfe"], g[metric], marker="o", ms=3, label=series)
-                ax_time.plot(g["wall_s"], g[metric], marker="o", ms=3, ls=":", alpha=0.6, label=series)
+                style = dict(color=colors[k % len(colors)], marker=markers[k % len(markers)], ms=3.5)
+                ax_nfe.plot(g["nfe"], g[metric], label=series, **style)
+                ax_time.plot(g["wall_s"], g[metric], ls=":", alpha=0.6, **style)
             means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
             front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
-            ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, label="Pareto front")
+            (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5)
             for ax, xlabel in ((ax_nfe, "NFE (counted)"), (ax_time, "wall time per cell (s)")):
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(metric)
                 ax.grid(True, which="both", alpha=0.3)
-            ax_nfe.legend(fontsize=7, ncol=2)
+            handles, labels = ax_nfe.get_legend_handles_labels()
+            handles.append(front_line)
+            labels.append("Pareto front (right)")
+            rows = math.ceil(len(labels) / 4)
+            fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
             fig.suptitle(f"{model}: {metric}")
-            fig.tight_layout()
+            fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 1))
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{model}_{metric}")
             path = Path(out_dir) / f"{safe}.png"
             buf = io.BytesIO()
