@@ -48,7 +48,7 @@ def fitted_order(nfes: Sequence[int], errors: Sequence[float]) -> float:
 #: sampler -> (budgets in the asymptotic regime, options) used by the order table and the tests
 ORDER_CASES = {
     "euler": ([32, 64, 128, 256], {"grid": "edm", "to_zero": False}),
-    "heun": ([16, 32, 64, 128], {"grid": "edm", "to_zero": False}),
+    "heun": ([32, 64, 128, 256], {"grid": "edm", "to_zero": False}),
 }
 
 

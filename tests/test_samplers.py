@@ -227,3 +227,12 @@ def test_samplers_run_on_cuda_with_a_cpu_generator():
         cpu = solvers.sample(name, model, noise, nfe=20, generator=torch.Generator().manual_seed(0))
         gpu = solvers.sample(name, model, noise.cuda(), nfe=20, generator=torch.Generator().manual_seed(0))
         assert gpu.device.type == "cuda" and rms(cpu, gpu.cpu()) < 1e-4
+
+
+@pytest.mark.slow
+def test_full_order_table_all_schedules():
+    """python -m benchmarks.convergence: every (model, schedule, sampler) within 0.3 of the order."""
+    from benchmarks.convergence import order_table
+
+    for row in order_table():
+        assert abs(row["order"] - row["expected"]) <= 0.3, row
