@@ -333,8 +333,27 @@ class DiscreteVP(_VPMixin, Schedule):
 # ------------------------------------------------------------------------------------------
 # alpha = 1 schedules and rectified flow
 # ------------------------------------------------------------------------------------------
+class _UnitAlphaMixin:
+    """alpha = 1: f = 0, g^2 = d sigma^2/dt, and the prior scale at a start time is sigma there."""
+
+    def alpha(self, t: TimeLike) -> torch.Tensor:
+        return torch.ones_like(as_time(t))
+
+    def dalpha_dt(self, t: TimeLike) -> torch.Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def f(self, t: TimeLike) -> torch.Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def g2(self, t: TimeLike) -> torch.Tensor:
+        return 2.0 * self.sigma(t) * self.dsigma_dt(t)
+
+    def prior_std_at(self, t_start: float) -> float:
+        return float(self.sigma(t_start))
+
+
 @dataclass(repr=False)
-class VE(Schedule):
+class VE(_UnitAlphaMixin, Schedule):
     """Variance-exploding SDE (Song et al. 2021, SMLD): alpha = 1,
     sigma(t) = sigma_min (sigma_max/sigma_min)^t, g^2 = 2 sigma^2 ln(sigma_max/sigma_min).
 
@@ -357,26 +376,11 @@ class VE(Schedule):
     def _log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
-    def prior_std_at(self, t_start: float) -> float:
-        return float(self.sigma(t_start))
-
-    def alpha(self, t: TimeLike) -> torch.Tensor:
-        return torch.ones_like(as_time(t))
-
-    def dalpha_dt(self, t: TimeLike) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
-
     def sigma(self, t: TimeLike) -> torch.Tensor:
         return torch.exp(math.log(self.sigma_min) + as_time(t) * self._log_ratio)
 
     def dsigma_dt(self, t: TimeLike) -> torch.Tensor:
         return self.sigma(t) * self._log_ratio
-
-    def f(self, t: TimeLike) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
-
-    def g2(self, t: TimeLike) -> torch.Tensor:
-        return 2.0 * self.sigma(t) ** 2 * self._log_ratio
 
     def inverse_lambda(self, lam: TimeLike) -> torch.Tensor:
         return (-as_time(lam) - math.log(self.sigma_min)) / self._log_ratio
@@ -386,7 +390,7 @@ class VE(Schedule):
 
 
 @dataclass(repr=False)
-class EDM(Schedule):
+class EDM(_UnitAlphaMixin, Schedule):
     """Karras et al. 2022 (EDM): alpha = 1, sigma(t) = t, t in [sigma_min, sigma_max].
 
     The PF-ODE is dx/dt = (x - D(x, t)) / t (their eq. 4 with s = 1); f = 0, g^2 = 2t.
@@ -404,26 +408,11 @@ class EDM(Schedule):
         self.t_max = float(self.sigma_max)
         self.prior_std = float(self.sigma_max)
 
-    def prior_std_at(self, t_start: float) -> float:
-        return float(self.sigma(t_start))
-
-    def alpha(self, t: TimeLike) -> torch.Tensor:
-        return torch.ones_like(as_time(t))
-
-    def dalpha_dt(self, t: TimeLike) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
-
     def sigma(self, t: TimeLike) -> torch.Tensor:
         return as_time(t).clone()
 
     def dsigma_dt(self, t: TimeLike) -> torch.Tensor:
         return torch.ones_like(as_time(t))
-
-    def f(self, t: TimeLike) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
-
-    def g2(self, t: TimeLike) -> torch.Tensor:
-        return 2.0 * as_time(t)
 
     def inverse_lambda(self, lam: TimeLike) -> torch.Tensor:
         return torch.exp(-as_time(lam))
