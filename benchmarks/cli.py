@@ -81,11 +81,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare
 
     problems = compare(_read_table(args.baseline), _read_table(args.new), tolerance=args.tolerance,
-                       abs_tolerance=args.abs_tolerance, time_tolerance=args.time_tolerance)
+                       abs_tolerance=args.abs_tolerance, time_tolerance=args.time_tolerance,
+                       min_time=args.min_time)
     for p in problems:
         print(f"REGRESSION {p}")
     print(f"{len(problems)} regressed cell(s)" if problems else "no regressions")
     return 1 if problems else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    card = train(args.model, steps=args.steps, seed=args.seed, out_dir=args.out, quiet=args.quiet,
+                 evaluate=not args.no_eval)
+    print(json.dumps(card, indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance on quality metrics (default 0.05)")
     cmp_.add_argument("--abs-tolerance", type=float, default=1e-9, help="absolute slack on quality metrics")
     cmp_.add_argument("--time-tolerance", type=float, default=2.0, help="allowed s_per_sample ratio (default 2.0)")
+    cmp_.add_argument("--min-time", type=float, default=0.05,
+                      help="cells whose baseline wall time is below this many seconds are not time-gated (default 0.05)")
     cmp_.set_defaults(func=_cmd_compare)
+    tr = sub.add_parser("train", help="train a shipped model from its seed (writes checkpoint + JSON card)")
+    tr.add_argument("model", help="toy2d-moons, toy2d-swissroll, toy2d-8gaussians, toy2d-checkerboard, "
+                                  "digits-classifier, digits-noisy-classifier, digits-unet")
+    tr.add_argument("--steps", type=int, help="optimiser steps (default: the shipped model's)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", help="directory for the checkpoint and card (default: the package's shipped/)")
+    tr.add_argument("--no-eval", action="store_true", help="skip the quality figures on the card")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

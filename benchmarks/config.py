@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,12 +33,19 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    schedule: str = "vp_linear"
+    schedule: Optional[str] = None  # gmm: and python: models; None = vp_linear there, own schedule elsewhere
     label: str = ""
+    series: Optional[Tuple[str, ...]] = None  # run only these sampler series (keys/labels) on it
+    n_samples: Optional[int] = None  # overrides [run] n_samples for this model
+    reference: Tuple[Tuple[str, Any], ...] = ()  # overrides of [run.reference] for this model
 
     @property
     def key(self) -> str:
-        return self.label or f"{self.name}@{self.schedule}"
+        if self.label:
+            return self.label
+        if self.name.startswith(("gmm:", "python:")):
+            return f"{self.name}@{self.schedule or 'vp_linear'}"
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class SweepConfig:
 _RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
              "save_samples"}
 _TOP_KEYS = {"run", "models", "samplers"}
-_MODEL_KEYS = {"name", "schedule", "label"}
+_MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference"}
 _SERIES_KEYS = {"sampler", "options", "nfe", "label"}
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "float64")
@@ -135,7 +142,17 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         _check_keys(m, _MODEL_KEYS, f"{source} [[models]] #{i + 1}")
         if "name" not in m:
             raise ConfigError(f"[[models]] #{i + 1} needs a name; valid: {', '.join(zoo.available())}")
-        spec = ModelSpec(m["name"], m.get("schedule", "vp_linear"), m.get("label", ""))
+        n_model = m.get("n_samples")
+        if n_model is not None and (not isinstance(n_model, int) or n_model < 1):
+            raise ConfigError(f"[[models]] #{i + 1} n_samples must be a positive integer, got {n_model!r}")
+        series_subset = m.get("series")
+        if series_subset is not None and (not isinstance(series_subset, list) or not series_subset):
+            raise ConfigError(f"[[models]] #{i + 1} series must be a non-empty list of sampler series")
+        model_reference = m.get("reference", {})
+        _check_keys(model_reference, _REFERENCE_KEYS, f"{source} [[models]] #{i + 1} reference")
+        spec = ModelSpec(m["name"], m.get("schedule"), m.get("label", ""),
+                         tuple(series_subset) if series_subset else None, n_model,
+                         tuple(sorted(model_reference.items())))
         try:
             zoo.load(spec.name, schedule=spec.schedule)
         except ValueError as e:
@@ -169,6 +186,10 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise ConfigError(f"sampler series {dupes} appear twice; give them distinct label= or options")
+    for m in models:
+        unknown = sorted(set(m.series or ()) - set(keys))
+        if unknown:
+            raise ConfigError(f"model {m.key!r} names unknown series {unknown}; valid: {', '.join(keys)}")
 
     return SweepConfig(name=run.get("name", Path(source).stem), models=models, samplers=series, nfe=nfe,
                        seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,

@@ -1,5 +1,7 @@
 """Feature extractors nfebench registers with torch-fidelity (``register_feature_extractor``).
 
+``digits-classifier``: the penultimate layer of the shipped digits classifier (FID/KID on digits).
+
 ``pixels``: the image itself, flattened and scaled to [0, 1]. The Frechet distance in this space
 is the FD of the pixel distribution: meaningful for small images (the exact image-shaped mixtures,
 8x8 digits) where no trained extractor applies, and exactly checkable.
@@ -11,7 +13,7 @@ from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-__all__ = ["PixelFeatures"]
+__all__ = ["PixelFeatures", "DigitsClassifierFeatures"]
 
 
 class PixelFeatures(FeatureExtractorBase):
@@ -44,3 +46,42 @@ class PixelFeatures(FeatureExtractorBase):
 
 if "pixels" not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor("pixels", PixelFeatures)
+
+
+class DigitsClassifierFeatures(FeatureExtractorBase):
+    """The shipped digits classifier's penultimate layer (128-d): the FID/KID feature space of
+    8x8 digits (uint8 [N, 3, 8, 8] from to_uint8_images; channel 0 is used)."""
+
+    def __init__(self, name: str, features_list: list, feature_extractor_weights_path: str | None = None, **kwargs):
+        super().__init__(name, features_list)
+        from score_models import shipped
+
+        directory = shipped.DIRECTORY if feature_extractor_weights_path is None else \
+            __import__("pathlib").Path(feature_extractor_weights_path).parent
+        self.classifier = shipped.load_classifier("digits-classifier", directory)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple:
+        return ("penultimate",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "penultimate"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-2:] != (8, 8):
+            raise ValueError(f"digits-classifier expects uint8 images [N, C, 8, 8], got {x.dtype} {tuple(x.shape)}")
+        images = x[:, :1].float() / 127.5 - 1.0
+        return (self.classifier.features(images),)
+
+
+if "digits-classifier" not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor("digits-classifier", DigitsClassifierFeatures)

@@ -33,7 +33,8 @@ import solvers
 from score_models.analytic import GaussianMixture
 from score_models.parameterization import DiffusionModel
 
-__all__ = ["METRICS", "CellInfo", "Metric", "register_metric", "sliced_wasserstein", "mmd_rbf", "to_uint8_images"]
+__all__ = ["METRICS", "CellInfo", "Metric", "register_metric", "sliced_wasserstein", "mmd_rbf", "to_uint8_images",
+           "frechet_distance"]
 
 REFERENCE_SEED = 2**31 - 1  # exact data samples for reference sets use their own stream
 
@@ -100,13 +101,16 @@ class SolverError(Metric):
         rtol = float(cell.reference.get("rtol", 1e-6))
         key = ("ode_reference", cell.model_key, cell.seed, batch_index, noise.shape[0], t_max, t_end, rtol)
         if key not in cell.cache:
-            noise64 = noise.to(torch.float64)
             if isinstance(cell.model, GaussianMixture):
+                noise64 = noise.to(torch.float64)
                 ref = cell.model.exact_ode_solution(sched.prior_std_at(t_max) * noise64, t_start=t_max, t_end=t_end)
             else:
-                # Any other model: a tight adaptive solve of the same ODE from the same noise.
+                # Any other model: a tight adaptive solve of the same ODE from the same noise, in the
+                # run's dtype and on its device (the network's own precision bounds this reference).
                 span = {"t_max": t_max, "to_zero": to_zero, **({} if to_zero else {"t_min": t_end})}
-                ref = solvers.sample("rk45", cell.model, noise64, nfe=None, rtol=rtol, atol=rtol, **span)
+                with torch.inference_mode():
+                    ref = solvers.sample("rk45", cell.model, noise.to(cell.device), nfe=None, rtol=rtol, atol=rtol,
+                                         **span)
             cell.cache[key] = ref.cpu()
         return cell.cache[key]
 
@@ -196,6 +200,15 @@ class MMD(_SampleDistance):
 # --- FID / KID through torch-fidelity -------------------------------------------------------
 INCEPTION_ENV = "NFEBENCH_INCEPTION_WEIGHTS"
 CACHE_ENV = "NFEBENCH_CACHE"
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's formula)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    value = fid_statistics_to_metric(fid_features_to_statistics(features_a.double().cpu()),
+                                     fid_features_to_statistics(features_b.double().cpu()), verbose=False)
+    return float(value["frechet_inception_distance"])
 
 
 def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
@@ -306,15 +319,10 @@ class FID(_FeatureDistance):
     columns = ("fid",)
 
     def result(self) -> Dict[str, float]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
         if not self.applies:
             return {"fid": math.nan}
         x = torch.cat(self.features)
-        ref = self.reference_features(int(self.cell.reference.get("n_data", len(x))))
-        value = fid_statistics_to_metric(fid_features_to_statistics(x),
-                                         fid_features_to_statistics(ref), verbose=False)
-        return {"fid": float(value["frechet_inception_distance"])}
+        return {"fid": frechet_distance(x, self.reference_features(int(self.cell.reference.get("n_data", len(x)))))}
 
 
 @register_metric("kid")

@@ -43,7 +43,8 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
     out.write(f"# {title}\n\n")
     if protocol:
         out.write("Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items() if k in
-                                            ("n_samples", "batch_size", "seeds", "dtype")) + "\n\n")
+                                            ("n_samples", "batch_size", "seeds", "dtype", "reference")) + ". "
+                  "Per-model overrides (n_samples, reference set, extractor) are in metadata.json.\n\n")
     for model in dict.fromkeys(df["model"]):
         out.write(f"## {model}\n\n")
         for metric in metric_columns(df) + ["s_per_sample"]:
@@ -143,12 +144,13 @@ def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
 
 
 def compare(baseline: pd.DataFrame, new: pd.DataFrame, tolerance: float = 0.05, abs_tolerance: float = 1e-9,
-            time_tolerance: float = 2.0) -> List[str]:
+            time_tolerance: float = 2.0, min_time: float = 0.05) -> List[str]:
     """Regressed cells of ``new`` against ``baseline``, one message each.
 
     A cell regresses when it is missing, when its status leaves ``ok``, when a lower-is-better
     metric exceeds baseline + tolerance * |baseline| + abs_tolerance, or when s_per_sample exceeds
-    baseline * time_tolerance.
+    baseline * time_tolerance. Cells whose baseline wall time is under ``min_time`` seconds are
+    not time-gated: at that scale timer and scheduler noise dominate.
     """
     key = ["model", "series", "nfe_budget", "seed"]
     merged = baseline.merge(new, on=key, how="left", suffixes=("_base", "_new"), indicator=True)
@@ -171,6 +173,7 @@ def compare(baseline: pd.DataFrame, new: pd.DataFrame, tolerance: float = 0.05, 
             if pd.isna(n) or n > b + tolerance * abs(b) + abs_tolerance:
                 problems.append(f"{cell}: {metric} {_fmt(n)} vs baseline {_fmt(b)} (tolerance {tolerance:.0%})")
         b, n = r["s_per_sample_base"], r["s_per_sample_new"]
-        if not pd.isna(b) and not pd.isna(n) and b > 0 and n / b > time_tolerance:
+        timed = not pd.isna(r["wall_s_base"]) and r["wall_s_base"] >= min_time
+        if timed and not pd.isna(b) and not pd.isna(n) and b > 0 and n / b > time_tolerance:
             problems.append(f"{cell}: time {n / b:.2f}x baseline (tolerance {time_tolerance:.2f}x)")
     return problems

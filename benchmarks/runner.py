@@ -40,7 +40,7 @@ from .timing import PeakMemory, Stopwatch, median_seconds, resolve_device
 __all__ = ["Cell", "expand_cells", "run_sweep", "RESULT_COLUMNS", "write_atomic", "batch_generator", "init_distributed"]
 
 RESULT_COLUMNS = [
-    "model", "schedule", "sampler", "series", "options", "nfe_budget", "nfe", "n_samples", "seed",
+    "model", "schedule", "sampler", "series", "options", "nfe_budget", "nfe", "network_passes", "n_samples", "seed",
     "wall_s", "s_per_sample", "nfe_per_s", "forward_s", "overhead_frac", "peak_mem_mb", "device", "dtype",
     "status", "error", "diverged_at_nfe",
 ]
@@ -63,6 +63,8 @@ def expand_cells(cfg: SweepConfig) -> Tuple[List[Cell], List[str]]:
     cells, skipped = [], []
     for model in cfg.models:
         for series in cfg.samplers:
+            if model.series is not None and series.key not in model.series:
+                continue
             spec = solvers.get(series.sampler)
             for nfe in series.nfe or cfg.nfe:
                 if not spec.adaptive:
@@ -201,11 +203,13 @@ def run_cell(ctx: _RunContext, cell: Cell, progress: bool = False) -> Dict[str, 
     """Sample one cell batch by batch (this rank's share), time it, stream the batches into the
     metrics on rank 0; never raises for a sampler's failure."""
     cfg, dist = ctx.cfg, ctx.dist
-    batches = all_batches(cfg.n_samples, cfg.batch_size)
+    n_samples = cell.model.n_samples or cfg.n_samples
+    batches = all_batches(n_samples, cfg.batch_size)
     row: Dict[str, Any] = dict(
-        model=cell.model.key, schedule=cell.model.schedule, sampler=cell.series.sampler, series=cell.series.key,
+        model=cell.model.key, schedule="", sampler=cell.series.sampler, series=cell.series.key,
         options=json.dumps(cell.series.options, sort_keys=True), nfe_budget=cell.nfe_budget, nfe=math.nan,
-        n_samples=cfg.n_samples, seed=cell.seed, wall_s=math.nan, s_per_sample=math.nan,
+        network_passes=math.nan,
+        n_samples=n_samples, seed=cell.seed, wall_s=math.nan, s_per_sample=math.nan,
         nfe_per_s=math.nan, forward_s=math.nan, overhead_frac=math.nan, peak_mem_mb=math.nan,
         device=str(ctx.device), dtype=cfg.dtype, status="ok", error="", diverged_at_nfe=math.nan,
     )
@@ -214,17 +218,18 @@ def run_cell(ctx: _RunContext, cell: Cell, progress: bool = False) -> Dict[str, 
     saved: List[torch.Tensor] = []
     try:
         model = _load_model(ctx, cell.model)
+        row["schedule"] = model.schedule.name
         metrics = []
         if dist.rank == 0:
             info = CellInfo(model=model, model_key=cell.model.key, sampler=cell.series.sampler,
-                            options=cell.series.options, seed=cell.seed, n_samples=cfg.n_samples, device=ctx.device,
-                            reference=cfg.reference, cache=ctx.cache)
+                            options=cell.series.options, seed=cell.seed, n_samples=n_samples, device=ctx.device,
+                            reference={**cfg.reference, **dict(cell.model.reference)}, cache=ctx.cache)
             metrics = [METRICS[name](info) for name in cfg.metrics]
         with torch.inference_mode():
             probe = torch.zeros((batches[0][1],) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
             t_probe = model.schedule.t_max
             row["forward_s"] = median_seconds(lambda: model.raw(probe, t_probe), ctx.device)
-        wall, peak, total_nfe, max_nfe, diverged = 0.0, 0.0, 0, 0, None
+        wall, peak, total_nfe, max_nfe, max_passes, diverged = 0.0, 0.0, 0, 0, 0, None
         from tqdm.auto import tqdm
 
         batch_bar = tqdm(total=len(batches), disable=not progress or len(batches) < 2, leave=False,
@@ -238,7 +243,7 @@ def run_cell(ctx: _RunContext, cell: Cell, progress: bool = False) -> Dict[str, 
                 with torch.inference_mode(), PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
                     noise, out, stats = _sample_batch(ctx, model, cell, *mine)
                 finite = bool(torch.isfinite(out).all())
-                result = (mine, noise.cpu(), out.cpu(), stats["nfe"], sw.seconds, mem.mb, finite)
+                result = (mine, noise.cpu(), out.cpu(), stats["nfe"], sw.seconds, mem.mb, finite, stats["network_passes"])
             gathered = [r for r in dist.gather(result) if r is not None]
             batch_bar.update(len(gathered))
             if dist.rank != 0:
@@ -247,7 +252,8 @@ def run_cell(ctx: _RunContext, cell: Cell, progress: bool = False) -> Dict[str, 
             peak = max([peak] + [r[5] for r in gathered])
             total_nfe += sum(r[3] for r in gathered)
             max_nfe = max([max_nfe] + [r[3] for r in gathered])
-            for (index, size), noise, out, _, _, _, finite in gathered:
+            max_passes = max([max_passes] + [r[7] for r in gathered])
+            for (index, size), noise, out, _, _, _, finite, _ in gathered:
                 if not finite and diverged is None:
                     diverged = (index, size)
                 if diverged is None:
@@ -258,13 +264,13 @@ def run_cell(ctx: _RunContext, cell: Cell, progress: bool = False) -> Dict[str, 
         batch_bar.close()
         if dist.rank != 0:
             return row
-        row.update(nfe=max_nfe, peak_mem_mb=peak)
+        row.update(nfe=max_nfe, network_passes=max_passes, peak_mem_mb=peak)
         if diverged is not None:
             row["status"] = "diverged"
             row["diverged_at_nfe"] = _find_divergence(ctx, model, cell, *diverged)
             row["error"] = f"non-finite samples (first in batch {diverged[0]})"
             return row
-        row.update(wall_s=wall, s_per_sample=wall / cfg.n_samples, nfe_per_s=total_nfe / wall,
+        row.update(wall_s=wall, s_per_sample=wall / n_samples, nfe_per_s=total_nfe / wall,
                    overhead_frac=1.0 - total_nfe * row["forward_s"] / wall)
         for m in metrics:
             row.update(m.result())
@@ -321,6 +327,9 @@ def metadata(cfg: SweepConfig, device: torch.device, skipped: List[str], world_s
         "world_size": world_size,
         "protocol": {
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "seeds": cfg.seeds, "dtype": cfg.dtype,
+            "reference": cfg.reference,
+            "models": {m.key: {"n_samples": m.n_samples or cfg.n_samples,
+                               "reference": {**cfg.reference, **dict(m.reference)}} for m in cfg.models},
             "noise": "per batch: torch.Generator seeded seed*1000003 + 2*batch (noise) and +1 (sampler steps)",
             "solver_error": "RMS per dimension vs the exact PF-ODE endpoint from the same noise "
                             "(GaussianMixture: scipy DOP853 rtol=atol=1e-11; other models: rk45 at reference rtol)",

@@ -129,12 +129,24 @@ class DiffusionModel:
         self._bound: dict[str, Any] = {}
         # dtype the network's time input is cast to; None = the state's dtype.
         self.net_time_dtype: torch.dtype | None = None
+        #: reuse schedule coefficients and network time inputs for repeated scalar times (a
+        #: sampler's grid): the loop then does no schedule arithmetic and no host-to-device
+        #: copies per step. Results are identical either way (see benchmarks/perf/overhead.py).
+        self.cache_times = True
+        self._coefficient_cache: dict = {}
+        self._time_input_cache: dict = {}
 
     # --- counting ------------------------------------------------------------------------
     @property
     def nfe(self) -> int:
         """Network evaluations since creation or the last :meth:`reset_nfe`."""
         return self._counter.nfe
+
+    @property
+    def network_passes(self) -> int:
+        """Forward passes of the network, in units of one pass over the batch (equals ``nfe``
+        except for wrappers such as classifier-free guidance, which costs 2 per evaluation)."""
+        return self._counter.passes
 
     def reset_nfe(self) -> None:
         self._counter.nfe = 0
@@ -153,12 +165,47 @@ class DiffusionModel:
         return view
 
     # --- the one place the network is called ---------------------------------------------
-    def raw(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
-        """The network's own output at (x, t); counts one NFE."""
-        tt = as_time(t)
-        t_net = self.schedule.net_input(tt).to(device=x.device, dtype=self.net_time_dtype or x.dtype)
+    def _scalar_key(self, t: TimeLike) -> float | None:
+        if not self.cache_times:
+            return None
+        if isinstance(t, float):
+            return t
+        if isinstance(t, torch.Tensor) and t.dim() == 0 and t.device.type == "cpu":
+            return float(t)
+        return None
+
+    def coefficients(self, t: TimeLike, like: torch.Tensor, derivatives: bool = False) -> Coefficients:
+        """:class:`Coefficients` at t, cached for scalar times."""
+        key = self._scalar_key(t)
+        if key is None:
+            return Coefficients(self.schedule, t, like, derivatives)
+        cached = self._coefficient_cache.get((key, derivatives))
+        if cached is None:
+            if len(self._coefficient_cache) > 4096:
+                self._coefficient_cache.clear()
+            cached = self._coefficient_cache[(key, derivatives)] = Coefficients(self.schedule, key, like, derivatives)
+        return cached
+
+    def _time_input(self, t: TimeLike, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.net_time_dtype or x.dtype
+        key = self._scalar_key(t)
+        if key is not None:
+            cache_key = (key, x.shape[0], x.device, dtype)
+            cached = self._time_input_cache.get(cache_key)
+            if cached is not None:
+                return cached
+        t_net = self.schedule.net_input(as_time(t)).to(device=x.device, dtype=dtype)
         if t_net.dim() == 0:
             t_net = t_net.expand(x.shape[0])
+        if key is not None:
+            if len(self._time_input_cache) > 4096:
+                self._time_input_cache.clear()
+            self._time_input_cache[cache_key] = t_net
+        return t_net
+
+    def raw(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
+        """The network's own output at (x, t); counts one NFE."""
+        t_net = self._time_input(t, x)
         self._counter.nfe += 1
         self._counter.passes += 1
         return self.net(x, t_net, **{**self._bound, **cond})
@@ -172,7 +219,7 @@ class DiffusionModel:
 
     def x0_and_eps(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """(E[x0 | x_t], E[eps | x_t]) from one network evaluation."""
-        c = Coefficients(self.schedule, t, x, derivatives=self.prediction == "flow")
+        c = self.coefficients(t, x, derivatives=self.prediction == "flow")
         return split(self.prediction, self._output(x, t, **cond)[0], x, c)
 
     def x0_eps_and_variance(self, x: torch.Tensor, t: TimeLike, **cond: Any
@@ -181,7 +228,7 @@ class DiffusionModel:
         if not self.learned_variance:
             raise ValueError("this model has no learned variance (create it with learned_variance=True)")
         pred, v = self._output(x, t, **cond)
-        c = Coefficients(self.schedule, t, x, derivatives=self.prediction == "flow")
+        c = self.coefficients(t, x, derivatives=self.prediction == "flow")
         return (*split(self.prediction, pred, x, c), v)
 
     def predict(self, kind: str, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
@@ -190,7 +237,7 @@ class DiffusionModel:
         out = self._output(x, t, **cond)[0]
         if kind == self.prediction:
             return out
-        c = Coefficients(self.schedule, t, x, derivatives="flow" in (kind, self.prediction))
+        c = self.coefficients(t, x, derivatives="flow" in (kind, self.prediction))
         return combine(kind, *split(self.prediction, out, x, c), c)
 
     def eps(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:

@@ -11,8 +11,13 @@
   scheduler_config.json. The schedule comes from the scheduler's betas (DiscreteVP), the
   prediction type from its ``prediction_type``; the schedule argument is ignored.
 
-Shipped trained networks are not in this release yet; asking for them is an error naming what
-exists.
+- Shipped trained networks (package data, trained by ``nfebench train``):
+  ``toy2d-{moons,swissroll,8gaussians,checkerboard}`` (MLP eps-nets, VP linear schedule),
+  ``digits-unet`` (unconditional: the null class), ``digits-unet-cond`` (class-conditional,
+  labels 0..9 cycling over the batch), ``digits-unet-cfg[=w]`` (classifier-free guidance, scale w,
+  default 1) and ``digits-unet-cg[=w]`` (classifier guidance with digits-noisy-classifier,
+  default 1). Their ``sample_data`` draws the training distribution (toy2d: fresh samples;
+  digits: the held-out test split), the reference set of the distribution metrics and FID.
 """
 from __future__ import annotations
 
@@ -68,9 +73,59 @@ def make_schedule(schedule: Union[str, Schedule]) -> Schedule:
     return SCHEDULES[schedule]()
 
 
+SHIPPED = ("toy2d-moons", "toy2d-swissroll", "toy2d-8gaussians", "toy2d-checkerboard", "digits-unet",
+           "digits-unet-cond", "digits-unet-cfg", "digits-unet-cg")
+
+
 def available() -> list[str]:
-    """Loadable model names (plus ``python:<module>:<function>`` for your own)."""
-    return [f"gmm:{name}" for name in GMM_PRESETS]
+    """Loadable model names (plus ``python:<module>:<function>`` and ``diffusers:<dir>``)."""
+    return [f"gmm:{name}" for name in GMM_PRESETS] + list(SHIPPED)
+
+
+def _attach_data(model: DiffusionModel, sampler) -> DiffusionModel:
+    model.sample_data = sampler  # reference data for the distribution metrics and FID
+    return model
+
+
+def _load_toy2d(dataset: str) -> DiffusionModel:
+    from . import data, shipped
+    from .nets import TimeMLP
+    from .schedules import VPLinear
+
+    net = TimeMLP()
+    net.load_state_dict(shipped.load_state(f"toy2d-{dataset}"))
+    model = DiffusionModel(net.eval().requires_grad_(False), VPLinear(), prediction="eps", sample_shape=(2,))
+
+    def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
+        return data.toy2d(dataset, n, generator).to(device=device, dtype=dtype)
+
+    return _attach_data(model, sample_data)
+
+
+def _load_digits(variant: str, scale: float) -> DiffusionModel:
+    from . import data, shipped
+    from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cycle_labels
+    from .nets import NULL_CLASS, DigitsUNet
+
+    net = DigitsUNet()
+    net.load_state_dict(shipped.load_state("digits-unet"))
+    base = DiffusionModel(net.eval().requires_grad_(False), DiscreteVP.linear(1000, 1e-4, 0.02), prediction="eps",
+                          sample_shape=(1, 8, 8))
+    if variant == "digits-unet":
+        model = base
+    elif variant == "digits-unet-cond":
+        model = ClassifierFreeGuidance(base, 0.0, cycle_labels(), null_label=NULL_CLASS, batched=False)
+    elif variant == "digits-unet-cfg":
+        model = ClassifierFreeGuidance(base, scale, cycle_labels(), null_label=NULL_CLASS)
+    else:
+        model = ClassifierGuidance(base, shipped.load_classifier("digits-noisy-classifier"), scale, cycle_labels())
+    test_images, _ = data.digits("test")
+
+    def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
+        # The held-out split itself (at most its 360 images): a fixed reference set.
+        return test_images[:n].to(device=device, dtype=dtype)
+
+    return _attach_data(model, sample_data)
 
 
 def _load_python(spec: str, schedule: Schedule) -> DiffusionModel:
@@ -139,14 +194,28 @@ def load_diffusers(source: str, device: Union[str, torch.device] = "cpu") -> Dif
                           learned_variance=learned)
 
 
-def load(name: str, schedule: Union[str, Schedule] = "vp_linear") -> DiffusionModel:
-    """Load a named model (see the module docstring) on ``schedule`` (a name or a Schedule)."""
+def load(name: str, schedule: Union[str, Schedule, None] = None) -> DiffusionModel:
+    """Load a named model (see the module docstring). ``schedule`` (a name or a Schedule; default
+    vp_linear) applies to gmm: and python: models; shipped and diffusers models bring their own."""
     kind, _, rest = name.partition(":")
     if kind == "gmm" and rest in GMM_PRESETS:
-        return GMM_PRESETS[rest](make_schedule(schedule))
+        return GMM_PRESETS[rest](make_schedule(schedule or "vp_linear"))
     if kind == "python" and rest:
-        return _load_python(rest, make_schedule(schedule))
+        return _load_python(rest, make_schedule(schedule or "vp_linear"))
+    base_name, _, scale = name.partition("=")
+    if schedule is not None and (kind == "diffusers" or base_name in SHIPPED):
+        raise ValueError(f"model {name!r} brings its own schedule; do not give schedule={schedule!r}")
     if kind == "diffusers" and rest:
         return load_diffusers(rest)
+    if base_name in SHIPPED:
+        if scale and base_name not in ("digits-unet-cfg", "digits-unet-cg"):
+            raise ValueError(f"{base_name!r} takes no '=scale'; only digits-unet-cfg and digits-unet-cg do")
+        try:
+            w = float(scale) if scale else 1.0
+        except ValueError:
+            raise ValueError(f"guidance scale in {name!r} must be a number") from None
+        if base_name.startswith("toy2d-"):
+            return _load_toy2d(base_name[len("toy2d-"):])
+        return _load_digits(base_name, w)
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(available())}, python:<module>:<function>, "
                      f"diffusers:<dir or hub id>")

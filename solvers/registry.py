@@ -187,11 +187,11 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
         extra["max_nfe"] = nfe
     if "stats" in params:
         extra["stats"] = stats
-    start = model.nfe
+    start, start_passes = model.nfe, model.network_passes
     x = spec.fn(model, x_T, times, generator=generator, **extra, **options)
     counted = model.nfe - start
     if nfe is not None and counted > nfe:
         raise RuntimeError(f"{name} made {counted} network evaluations, over its budget of {nfe}: a sampler bug")
     if stats is not None:
-        stats.update(nfe=counted, n_steps=n_steps)
+        stats.update(nfe=counted, n_steps=n_steps, network_passes=model.network_passes - start_passes)
     return x

@@ -123,8 +123,12 @@ def test_compare_exit_codes(tmp_path, capsys):
     assert main(["compare", str(base), str(tmp_path / "worse.csv"), "--tolerance", "0.6"]) == 0
     slower = df.copy()
     slower["s_per_sample"] *= 10
+    slower["wall_s"] *= 10
+    assert main(["compare", str(base), str(base)]) == 0
     slower.to_csv(tmp_path / "slower.csv", index=False)
-    assert main(["compare", str(base), str(tmp_path / "slower.csv")]) == 1
+    # cells faster than --min-time in the baseline are not time-gated
+    assert main(["compare", str(base), str(tmp_path / "slower.csv"), "--min-time", "1e9"]) == 0
+    assert main(["compare", str(base), str(tmp_path / "slower.csv"), "--min-time", "0"]) == 1
     assert main(["compare", str(base), str(tmp_path / "missing.csv")]) == 2
 
 

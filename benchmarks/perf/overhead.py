@@ -1,0 +1,145 @@
+"""Sampler-loop overhead and speed against diffusers, measured side by side in one process.
+
+    python -m benchmarks.perf.overhead [--nfe 20] [--repeats 5] [--out DIR]
+
+For each fixed-step sampler, on the shipped digits UNet (batch 256) and a toy2d MLP (batch 4096):
+wall time of solvers.sample at N NFE over N x the wall time of one network forward at the same
+batch (the loop's own cost is what exceeds 1). Then the same network and NFE through diffusers'
+scheduler loops (DDIM, PNDM, Euler, Heun, DPM-Solver++ 2M) next to ours. Repeats are interleaved
+(ours, theirs, forward) so machine noise hits all sides alike; medians are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+import solvers
+from score_models import zoo
+
+__all__ = ["overhead_table", "diffusers_table", "median_time"]
+
+FIXED_STEP = ["euler", "heun", "ddim", "ddpm", "pndm", "plms", "ipndm", "dpm_solver", "dpm_solver_singlestep",
+              "euler_maruyama", "pc", "langevin"]
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _models() -> Dict[str, tuple]:
+    return {"digits-unet (batch 256)": (zoo.load("digits-unet"), 256),
+            "toy2d-moons MLP (batch 4096)": (zoo.load("toy2d-moons"), 4096)}
+
+
+def overhead_table(nfe: int = 20, repeats: int = 5, samplers: Sequence[str] = FIXED_STEP) -> List[Dict]:
+    rows = []
+    for label, (model, batch) in _models().items():
+        noise = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
+        t_mid = 0.5 * (model.schedule.t_min + model.schedule.t_max)
+        for name in samplers:
+            stats: Dict = {}
+            with torch.inference_mode():
+                solvers.sample(name, model, noise, nfe=nfe, stats=stats, generator=torch.Generator().manual_seed(0))
+            counted = stats["nfe"]
+            sample_times, forward_times = [], []
+            with torch.inference_mode():
+                for _ in range(repeats + 1):
+                    g = torch.Generator().manual_seed(0)
+                    t0 = time.perf_counter()
+                    solvers.sample(name, model, noise, nfe=nfe, generator=g)
+                    sample_times.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    for _ in range(counted):
+                        model.net(noise, torch.full((batch,), t_mid))
+                    forward_times.append(time.perf_counter() - t0)
+            s, f = statistics.median(sample_times[1:]), statistics.median(forward_times[1:])
+            rows.append(dict(model=label, sampler=name, nfe=counted, sample_s=s, forwards_s=f, ratio=s / f))
+    return rows
+
+
+def _diffusers_loop(scheduler_cls, config: Dict, steps: int, net, latents: torch.Tensor, train_config: Dict):
+    import diffusers
+
+    sched = getattr(diffusers, scheduler_cls).from_config({**train_config, **config})
+    sched.set_timesteps(steps)
+    x = latents * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = net(sched.scale_model_input(x, t), t.expand(x.shape[0]).float())
+        x = sched.step(out, t, x).prev_sample
+    return x
+
+
+DIFFUSERS_CASES = [
+    ("DDIM", "DDIMScheduler", dict(set_alpha_to_one=True), "ddim", dict(spacing="leading")),
+    ("PNDM (skip_prk)", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=True), "plms",
+     dict(warmup="improved_euler", spacing="leading")),
+    ("Euler", "EulerDiscreteScheduler", {}, "euler", dict(spacing="leading")),
+    ("Heun", "HeunDiscreteScheduler", {}, "heun", dict(spacing="leading")),
+    ("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", dict(solver_order=2), "dpm_solver",
+     dict(order=2, spacing="linspace")),
+]
+
+
+def diffusers_table(steps: int = 20, repeats: int = 5) -> List[Dict]:
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    train_config = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                        clip_sample=False)
+    rows = []
+    for label, (model, batch) in _models().items():
+        if not label.startswith("digits"):
+            continue
+        latents = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
+        for case, cls, config, ours, options in DIFFUSERS_CASES:
+            spec = solvers.get(ours)
+            nfe = spec.count(steps, True, options)
+            with torch.inference_mode():
+                t_ours = median_time(lambda: solvers.sample(ours, model, latents, nfe=nfe, **options), repeats)
+                t_theirs = median_time(lambda: _diffusers_loop(cls, config, steps, model.net, latents, train_config),
+                                       repeats)
+            rows.append(dict(model=label, scheduler=case, sampler=ours, steps=steps, nfe=nfe, ours_s=t_ours,
+                             diffusers_s=t_theirs, ratio=t_ours / t_theirs))
+    return rows
+
+
+def _markdown(rows: List[Dict], columns: Sequence[str]) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nfe", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", help="also write overhead.md there")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    over = overhead_table(args.nfe, args.repeats)
+    text = ["## Loop overhead: sampling time / (NFE x one forward)", "",
+            _markdown(over, ["model", "sampler", "nfe", "sample_s", "forwards_s", "ratio"]), "",
+            "## Against diffusers' scheduler loops (same network, same NFE)", "",
+            _markdown(diffusers_table(args.nfe, args.repeats),
+                      ["model", "scheduler", "sampler", "nfe", "ours_s", "diffusers_s", "ratio"])]
+    report = "\n".join(text) + "\n"
+    print(report)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "overhead.md").write_text(report)
+
+
+if __name__ == "__main__":
+    main()
