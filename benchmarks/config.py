@@ -38,6 +38,7 @@ class ModelSpec:
     series: Optional[Tuple[str, ...]] = None  # run only these sampler series (keys/labels) on it
     n_samples: Optional[int] = None  # overrides [run] n_samples for this model
     reference: Tuple[Tuple[str, Any], ...] = ()  # overrides of [run.reference] for this model
+    nfe: Optional[Tuple[int, ...]] = None  # overrides [run] nfe for this model (a series' own nfe wins)
 
     @property
     def key(self) -> str:
@@ -86,7 +87,7 @@ class SweepConfig:
 _RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
              "save_samples"}
 _TOP_KEYS = {"run", "models", "samplers"}
-_MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference"}
+_MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference", "nfe"}
 _SERIES_KEYS = {"sampler", "options", "nfe", "label"}
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "float64")
@@ -152,7 +153,8 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         _check_keys(model_reference, _REFERENCE_KEYS, f"{source} [[models]] #{i + 1} reference")
         spec = ModelSpec(m["name"], m.get("schedule"), m.get("label", ""),
                          tuple(series_subset) if series_subset else None, n_model,
-                         tuple(sorted(model_reference.items())))
+                         tuple(sorted(model_reference.items())),
+                         tuple(_int_list(m["nfe"], f"[[models]] #{i + 1} nfe", 1)) if "nfe" in m else None)
         try:
             zoo.load(spec.name, schedule=spec.schedule)
         except ValueError as e:

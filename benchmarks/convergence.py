@@ -9,7 +9,6 @@ least-squares slope of log(error) against log(counted NFE).
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Iterable, Sequence
 
 import numpy as np

@@ -16,19 +16,18 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 __all__ = ["PixelFeatures", "DigitsClassifierFeatures"]
 
 
-class PixelFeatures(FeatureExtractorBase):
-    """uint8 images [N, 3, H, W] -> float32 features [N, 3*H*W] in [0, 1]."""
+class _OneLayerExtractor(FeatureExtractorBase):
+    """torch-fidelity's extractor interface for extractors with one feature layer, ``LAYER``."""
 
-    def __init__(self, name: str, features_list: list, **kwargs):
-        super().__init__(name, features_list)
+    LAYER = ""
 
-    @staticmethod
-    def get_provided_features_list() -> tuple:
-        return ("pixels",)
+    @classmethod
+    def get_provided_features_list(cls) -> tuple:
+        return (cls.LAYER,)
 
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return "pixels"
+    @classmethod
+    def get_default_feature_layer_for_metric(cls, metric: str) -> str:
+        return cls.LAYER
 
     @staticmethod
     def can_be_compiled() -> bool:
@@ -37,6 +36,15 @@ class PixelFeatures(FeatureExtractorBase):
     @staticmethod
     def get_dummy_input_for_compile() -> torch.Tensor:
         return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+
+class PixelFeatures(_OneLayerExtractor):
+    """uint8 images [N, 3, H, W] -> float32 features [N, 3*H*W] in [0, 1]."""
+
+    def __init__(self, name: str, features_list: list, **kwargs):
+        super().__init__(name, features_list)
+
+    LAYER = "pixels"
 
     def forward(self, x: torch.Tensor) -> tuple:
         if x.dtype != torch.uint8 or x.dim() != 4:
@@ -48,7 +56,7 @@ if "pixels" not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor("pixels", PixelFeatures)
 
 
-class DigitsClassifierFeatures(FeatureExtractorBase):
+class DigitsClassifierFeatures(_OneLayerExtractor):
     """The shipped digits classifier's penultimate layer (128-d): the FID/KID feature space of
     8x8 digits (uint8 [N, 3, 8, 8] from to_uint8_images; channel 0 is used)."""
 
@@ -60,21 +68,7 @@ class DigitsClassifierFeatures(FeatureExtractorBase):
             __import__("pathlib").Path(feature_extractor_weights_path).parent
         self.classifier = shipped.load_classifier("digits-classifier", directory)
 
-    @staticmethod
-    def get_provided_features_list() -> tuple:
-        return ("penultimate",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return "penultimate"
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    LAYER = "penultimate"
 
     def forward(self, x: torch.Tensor) -> tuple:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-2:] != (8, 8):

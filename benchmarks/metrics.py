@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Type
 
-import numpy as np
 import torch
 
 import solvers
@@ -227,7 +226,6 @@ def cache_dir(reference: Dict[str, Any]) -> Path:
 
 def make_extractor(reference: Dict[str, Any], device: torch.device):
     """A torch-fidelity feature extractor from [run.reference] (extractor, weights)."""
-    import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from .runner import RESULT_COLUMNS, write_atomic
+from .runner import RESULT_COLUMNS
 
 __all__ = ["metric_columns", "markdown_report", "write_plots", "compare"]
 

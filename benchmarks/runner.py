@@ -24,7 +24,7 @@ import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pandas as pd
 import torch
@@ -66,7 +66,7 @@ def expand_cells(cfg: SweepConfig) -> Tuple[List[Cell], List[str]]:
             if model.series is not None and series.key not in model.series:
                 continue
             spec = solvers.get(series.sampler)
-            for nfe in series.nfe or cfg.nfe:
+            for nfe in series.nfe or model.nfe or cfg.nfe:
                 if not spec.adaptive:
                     try:
                         spec.steps_for_budget(nfe, series.options.get("to_zero", True), series.options)

@@ -7,7 +7,7 @@ import resource
 import statistics
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 

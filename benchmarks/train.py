@@ -11,7 +11,6 @@ classifier's accuracy on its samples.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import platform
 import time

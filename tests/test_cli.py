@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.config import ConfigError, load_config, parse_config
+from benchmarks.config import load_config
 
 TINY = """
 [run]

@@ -15,7 +15,7 @@ from scipy import linalg
 from benchmarks.cli import main
 from benchmarks.config import parse_config
 from benchmarks.metrics import make_extractor, to_uint8_images
-from benchmarks.runner import RESULT_COLUMNS, run_sweep
+from benchmarks.runner import run_sweep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -12,7 +12,6 @@ def test_split_combine_round_trip(schedule, kind, per_sample_t):
     x0, eps = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
     t = torch.linspace(schedule.t_min, schedule.t_max, 7, dtype=torch.float64)[1:-1]
     t = t if per_sample_t else t[2]
-    n = x0.shape[0] if per_sample_t else 1
     t = t[:5] if per_sample_t else t
     c = Coefficients(schedule, t, x0, derivatives=True)
     x = c.alpha * x0 + c.sigma * eps

@@ -1,11 +1,10 @@
-import math
 
 import pytest
 import torch
 
 import solvers
 from benchmarks.convergence import ORDER_CASES, endpoint_errors, fitted_order
-from score_models import EDM, DiscreteVP, NFEBudgetExceeded, ReverseSDE, RectifiedFlow, VPLinear, zoo
+from score_models import EDM, DiscreteVP, NFEBudgetExceeded, ReverseSDE, RectifiedFlow, zoo
 from solvers.grids import time_grid
 
 from conftest import rms

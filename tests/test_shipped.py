@@ -12,7 +12,7 @@ from benchmarks.train import TRAINABLE, train
 from score_models import DiffusionModel, DiscreteVP, shipped, zoo
 from score_models.data import TOY2D, digits, toy2d
 from score_models.guidance import ClassifierFreeGuidance, ClassifierGuidance, cycle_labels
-from score_models.nets import NULL_CLASS, DigitsClassifier, DigitsUNet, TimeMLP
+from score_models.nets import NULL_CLASS, DigitsClassifier, DigitsUNet
 
 
 # --- data ---------------------------------------------------------------------------------------

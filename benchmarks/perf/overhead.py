@@ -2,6 +2,9 @@
 
     python -m benchmarks.perf.overhead [--nfe 20] [--repeats 5] [--out DIR]
 
+Also: rk45 next to torchdiffeq.odeint called directly and scipy's solve_ivp on the same ODE and
+tolerance, and the measured effect of the loop options (autograd mode, time-input cache).
+
 For each fixed-step sampler, on the shipped digits UNet (batch 256) and a toy2d MLP (batch 4096):
 wall time of solvers.sample at N NFE over N x the wall time of one network forward at the same
 batch (the loop's own cost is what exceeds 1). Then the same network and NFE through diffusers'
@@ -21,7 +24,7 @@ import torch
 import solvers
 from score_models import zoo
 
-__all__ = ["overhead_table", "diffusers_table", "median_time"]
+__all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "median_time"]
 
 FIXED_STEP = ["euler", "heun", "ddim", "ddpm", "pndm", "plms", "ipndm", "dpm_solver", "dpm_solver_singlestep",
               "euler_maruyama", "pc", "langevin"]
@@ -114,6 +117,73 @@ def diffusers_table(steps: int = 20, repeats: int = 5) -> List[Dict]:
     return rows
 
 
+def rk45_table(tol: float = 1e-5, n: int = 256, repeats: int = 3) -> List[Dict]:
+    """rk45 three ways on the same PF-ODE (toy2d-moons MLP, scaled space, sigma~ from t_max to
+    t_min) and tolerance: nfebench's sampler, torchdiffeq.odeint called directly, and
+    scipy.integrate.solve_ivp(RK45) on the flattened state; NFE counted by the model."""
+    from scipy.integrate import solve_ivp
+    from torchdiffeq import odeint
+
+    from score_models.fields import ScaledProbabilityFlowODE
+
+    model = zoo.load("toy2d-moons")
+    sched = model.schedule
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model.net.double()
+    span = torch.tensor([float(sched.sigma_tilde(sched.t_max)), float(sched.sigma_tilde(sched.t_min))],
+                        dtype=torch.float64)
+    x0 = noise / float(sched.alpha(sched.t_max))
+    field = ScaledProbabilityFlowODE(model)
+
+    def ours():
+        return solvers.sample("rk45", model, noise, nfe=None, rtol=tol, atol=tol, to_zero=False)
+
+    def direct():
+        return odeint(field, x0, span, rtol=tol, atol=tol, method="dopri5", options={"step_t": span})[-1]
+
+    def scipy_rk45():
+        def f(s, y):
+            with torch.inference_mode():
+                return field(torch.tensor(s, dtype=torch.float64), torch.from_numpy(y).reshape(x0.shape)).numpy().ravel()
+        sol = solve_ivp(f, (float(span[0]), float(span[1])), x0.numpy().ravel(), method="RK45", rtol=tol, atol=tol)
+        return torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
+
+    rows = []
+    with torch.inference_mode():
+        reference = ours()
+        for label, fn in (("nfebench rk45", ours), ("torchdiffeq.odeint", direct), ("scipy solve_ivp RK45", scipy_rk45)):
+            model.reset_nfe()
+            out = fn()
+            nfe = model.nfe
+            seconds = median_time(fn, repeats)
+            alpha_end = float(sched.alpha(sched.t_min))
+            endpoint = out if label == "nfebench rk45" else alpha_end * out
+            rows.append(dict(solver=label, tol=tol, nfe=nfe, seconds=seconds,
+                             max_diff_vs_nfebench=float((endpoint - reference).abs().max())))
+    model.net.float()
+    return rows
+
+
+def options_table(nfe: int = 20, repeats: int = 5) -> List[Dict]:
+    """Measured effect of the loop options on the MLP (where the loop's cost shows): autograd
+    mode (enabled / no_grad / inference_mode) and the time-input cache (DiffusionModel.cache_times)."""
+    model = zoo.load("toy2d-moons")
+    noise = torch.randn(4096, 2, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for mode_label, mode in (("grad enabled", torch.enable_grad), ("no_grad", torch.no_grad),
+                             ("inference_mode", torch.inference_mode)):
+        for cache in (False, True):
+            model.cache_times = cache
+            with mode():
+                seconds = median_time(lambda: solvers.sample("dpm_solver", model, noise, nfe=nfe), repeats)
+            rows.append(dict(mode=mode_label, cache_times=cache, nfe=nfe, seconds=seconds))
+    model.cache_times = True
+    base = rows[0]["seconds"]
+    for r in rows:
+        r["speedup"] = base / r["seconds"]
+    return rows
+
+
 def _markdown(rows: List[Dict], columns: Sequence[str]) -> str:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -133,7 +203,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             _markdown(over, ["model", "sampler", "nfe", "sample_s", "forwards_s", "ratio"]), "",
             "## Against diffusers' scheduler loops (same network, same NFE)", "",
             _markdown(diffusers_table(args.nfe, args.repeats),
-                      ["model", "scheduler", "sampler", "nfe", "ours_s", "diffusers_s", "ratio"])]
+                      ["model", "scheduler", "sampler", "nfe", "ours_s", "diffusers_s", "ratio"]), "",
+            "## rk45: nfebench vs torchdiffeq.odeint direct vs scipy solve_ivp (same ODE and tolerance)", "",
+            _markdown(rk45_table(), ["solver", "tol", "nfe", "seconds", "max_diff_vs_nfebench"]), "",
+            "## Loop options on the toy2d MLP (dpm_solver, batch 4096)", "",
+            _markdown(options_table(args.nfe, args.repeats), ["mode", "cache_times", "nfe", "seconds", "speedup"])]
     report = "\n".join(text) + "\n"
     print(report)
     if args.out:
