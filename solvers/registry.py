@@ -42,6 +42,7 @@ class SamplerSpec:
     grid_options: Tuple[str, ...] = GRID_OPTIONS
     defaults: Dict[str, Any] = field(default_factory=dict)
     stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None
+    reports_stats: bool = False  # the function takes stats= and fills it
 
     @property
     def adaptive(self) -> bool:
@@ -116,7 +117,8 @@ def register(name: str, *, order: Any, stochastic: bool, nfe_rule: str,
                 if counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
                     raise ValueError(f"{name}: NFE rule must be >= 1 and strictly increasing in steps, got {counts}")
         _REGISTRY[name] = SamplerSpec(name, fn, order, stochastic, nfe_rule, nfe_for_steps, paper,
-                                      default_grid, tuple(grid_options), defaults, stochastic_if)
+                                      default_grid, tuple(grid_options), defaults, stochastic_if,
+                                      reports_stats="stats" in params)
         return fn
 
     return wrap
@@ -146,8 +148,9 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
            **options: Any) -> torch.Tensor:
     """Draw samples with a registered sampler from standard-normal ``noise``.
 
-    Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and makes at most ``nfe`` network evaluations
-    (exactly the registered rule's count for fixed-step samplers; a cap for adaptive ones).
+    Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and
+    makes at most ``nfe`` network evaluations (exactly the registered rule's count for fixed-step
+    samplers; a cap for adaptive ones).
     ``grid`` may be a name or a tensor of times (then ``nfe`` may be None). ``stats``, if given,
     is filled with the counted ``nfe``, ``n_steps`` and anything the sampler reports.
     """
@@ -168,6 +171,8 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
         times = time_grid(sched, 2 if to_zero else 1, "uniform", **grid_kw)
         n_steps = None
     elif isinstance(grid, torch.Tensor):
+        if grid_kw:
+            raise ValueError(f"a tensor grid already fixes the times; drop {sorted(grid_kw)}")
         times = time_grid(sched, grid.numel() - 1, grid)
         n_steps = times.numel() - 1
         need = spec.count(n_steps, bool(times[-1] == sched.t_data), options)
@@ -182,10 +187,9 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
 
     x_T = sched.prior_std_at(float(times[0])) * noise
     extra: Dict[str, Any] = {}
-    params = inspect.signature(spec.fn).parameters
-    if "max_nfe" in params:
+    if spec.adaptive:
         extra["max_nfe"] = nfe
-    if "stats" in params:
+    if spec.reports_stats:
         extra["stats"] = stats
     start, start_passes = model.nfe, model.network_passes
     x = spec.fn(model, x_T, times, generator=generator, **extra, **options)

@@ -235,3 +235,9 @@ def test_full_order_table_all_schedules():
 
     for row in order_table():
         assert abs(row["order"] - row["expected"]) <= 0.3, row
+
+
+def test_a_tensor_grid_takes_no_other_grid_options():
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    with pytest.raises(ValueError, match=r"a tensor grid already fixes the times; drop \['rho'\]"):
+        solvers.sample("euler", model, torch.randn(2, 2), grid=time_grid(model.schedule, 4, "uniform"), rho=3.0)
