@@ -25,12 +25,7 @@ from score_models.data import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, TOY2D, di
 from score_models.nets import NULL_CLASS, DigitsClassifier, DigitsUNet, TimeMLP
 from score_models.schedules import DiscreteVP, VPLinear
 
-__all__ = ["TRAINABLE", "train", "TrainSettings"]
-
-
-class TrainSettings(dict):
-    """Hyper-parameters recorded on the card (a dict with defaults per model)."""
-
+__all__ = ["TRAINABLE", "train"]
 
 def _versions() -> Dict[str, str]:
     import numpy

@@ -92,13 +92,18 @@ class GaussianMixture(DiffusionModel):
 
     # --- exact quantities ----------------------------------------------------------------
     def _components(self, x: torch.Tensor, t: TimeLike):
-        """Flattened float64 state, alpha and sigma as [B, 1, 1], per-component terms."""
+        """Per-component terms at time t (see :meth:`_terms`)."""
         b = x.shape[0]
-        xf = x.to(torch.float64).reshape(b, 1, -1)  # [B, 1, D] (differentiable: log_prob's gradient is the score)
-        tt = as_time(t).to(xf.device)
+        tt = as_time(t)
         tt = tt.expand(b) if tt.dim() == 0 else tt
-        alpha = self.schedule.alpha(tt).reshape(b, 1, 1).to(xf.device)
-        sigma = self.schedule.sigma(tt).reshape(b, 1, 1).to(xf.device)
+        alpha = self.schedule.alpha(tt).reshape(b, 1, 1).to(x.device)
+        sigma = self.schedule.sigma(tt).reshape(b, 1, 1).to(x.device)
+        return self._terms(x, alpha, sigma)
+
+    def _terms(self, x: torch.Tensor, alpha: torch.Tensor | float, sigma: torch.Tensor | float):
+        """Flattened float64 state, alpha and sigma, per-component terms of x = alpha x0 + sigma eps:
+        means, variances, marginal variances v_k, x - alpha mu_k and log w_k N(x; alpha mu_k, v_k)."""
+        xf = x.to(torch.float64).reshape(x.shape[0], 1, -1)  # [B, 1, D] (differentiable: log_prob's gradient is the score)
         mu = self.means.to(xf.device).unsqueeze(0)  # [1, K, D]
         var = self.variances.to(xf.device).unsqueeze(0)
         v = alpha**2 * var + sigma**2  # [B, K, D] marginal variance of each component
@@ -106,6 +111,12 @@ class GaussianMixture(DiffusionModel):
         log_comp = -0.5 * ((diff**2 / v) + torch.log(2 * math.pi * v)).sum(-1)  # [B, K]
         log_joint = torch.log(self.weights.to(xf.device)) + log_comp
         return xf, alpha, sigma, mu, var, v, diff, log_joint
+
+    @staticmethod
+    def _score(v: torch.Tensor, diff: torch.Tensor, log_joint: torch.Tensor) -> torch.Tensor:
+        """-sum_k r_k (x - alpha mu_k) / v_k, flattened [B, D]."""
+        r = torch.softmax(log_joint, dim=-1).unsqueeze(-1)
+        return -(r * diff / v).sum(1)
 
     def exact_x0_and_eps(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """(E[x0 | x_t], E[eps | x_t]) in float64, shaped like x. Does not count as an NFE."""
@@ -119,8 +130,7 @@ class GaussianMixture(DiffusionModel):
     def exact_score(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """grad_x log p_t(x) in float64 (no NFE counted)."""
         _, _, _, _, _, v, diff, log_joint = self._components(x, t)
-        r = torch.softmax(log_joint, dim=-1).unsqueeze(-1)
-        return (-(r * diff / v).sum(1)).reshape(x.shape)
+        return self._score(v, diff, log_joint).reshape(x.shape)
 
     def log_prob(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Exact log-density of the noised marginal p_t at x (float64, shape [B])."""
@@ -149,17 +159,11 @@ class GaussianMixture(DiffusionModel):
         """dx~/dsigma~ = -sigma~ grad log p(x~; sigma~) = sigma~ sum_k r_k (x~ - mu_k)/(s_k^2 + sigma~^2).
 
         Written through the score, it is finite at sigma~ = 0 (the mixture has a density there).
+        The scaled marginal is the mixture at alpha = 1, sigma = sigma~.
         """
-        mu = self.means.numpy()[None]
-        var = self.variances.numpy()[None]
-        x = x_tilde.reshape(-1, 1, mu.shape[-1])
-        v = var + sigma_tilde**2
-        diff = x - mu
-        logits = np.log(self.weights.numpy()) - 0.5 * (diff**2 / v + np.log(2 * np.pi * v)).sum(-1)
-        logits -= logits.max(axis=1, keepdims=True)
-        r = np.exp(logits)
-        r /= r.sum(axis=1, keepdims=True)
-        return (sigma_tilde * (r[..., None] * diff / v).sum(1)).ravel()
+        x = torch.from_numpy(x_tilde).reshape(-1, self.dim)
+        _, _, _, _, _, v, diff, log_joint = self._terms(x, 1.0, sigma_tilde)
+        return (-sigma_tilde * self._score(v, diff, log_joint)).numpy().ravel()
 
     def exact_ode_solution(self, x_start: torch.Tensor, t_start: TimeLike | None = None, t_end: TimeLike | None = None,
                            rtol: float = 1e-11, atol: float = 1e-11) -> torch.Tensor:

@@ -258,7 +258,7 @@ class DiffusionModel:
     def denoiser(self, x_tilde: torch.Tensor, sigma_tilde: TimeLike, **cond: Any) -> torch.Tensor:
         """D(x~, sigma~) = E[x0 | x~] in the scaled space (Karras et al. 2022, eq. 3 onwards)."""
         t = self.schedule.t_from_sigma_tilde(sigma_tilde)
-        alpha = Coefficients(self.schedule, t, x_tilde).alpha
+        alpha = self.coefficients(t, x_tilde).alpha
         return self.x0(alpha * x_tilde, t, **cond)
 
     def ode_drift(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:

@@ -26,8 +26,9 @@ from score_models import zoo
 
 __all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "median_time"]
 
-FIXED_STEP = ["euler", "heun", "ddim", "ddpm", "pndm", "plms", "ipndm", "dpm_solver", "dpm_solver_singlestep",
-              "euler_maruyama", "pc", "langevin"]
+def fixed_step_samplers() -> List[str]:
+    """Every registered sampler with a fixed-step NFE rule."""
+    return [name for name in solvers.available() if not solvers.get(name).adaptive]
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -45,7 +46,8 @@ def _models() -> Dict[str, tuple]:
             "toy2d-moons MLP (batch 4096)": (zoo.load("toy2d-moons"), 4096)}
 
 
-def overhead_table(nfe: int = 20, repeats: int = 5, samplers: Sequence[str] = FIXED_STEP) -> List[Dict]:
+def overhead_table(nfe: int = 20, repeats: int = 5, samplers: Optional[Sequence[str]] = None) -> List[Dict]:
+    samplers = fixed_step_samplers() if samplers is None else samplers
     rows = []
     for label, (model, batch) in _models().items():
         noise = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
