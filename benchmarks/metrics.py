@@ -30,6 +30,7 @@ import torch
 
 import solvers
 from score_models.analytic import GaussianMixture
+from score_models.distilled import ConsistencyModel, DistilledModel
 from score_models.parameterization import DiffusionModel
 
 __all__ = ["METRICS", "CellInfo", "Metric", "register_metric", "sliced_wasserstein", "mmd_rbf", "to_uint8_images",
@@ -87,7 +88,10 @@ class SolverError(Metric):
 
     def __init__(self, cell: CellInfo):
         super().__init__(cell)
-        self.applies = not solvers.get(cell.sampler).is_stochastic(cell.options)
+        # A few-step student is not sampled along its own PF-ODE, so that ODE's solution is no
+        # reference for it (its quality shows in the distribution metrics).
+        self.applies = not solvers.get(cell.sampler).is_stochastic(cell.options) and \
+            not isinstance(cell.model, (DistilledModel, ConsistencyModel))
         self.sum_sq, self.count = 0.0, 0
 
     def _reference(self, batch_index: int, noise: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .runner import RESULT_COLUMNS
 
-__all__ = ["metric_columns", "markdown_report", "write_plots", "compare"]
+__all__ = ["metric_columns", "markdown_report", "write_plots", "compare", "student_table"]
 
 #: metrics where lower is better (all current ones); the report marks the minimum per column
 LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "fd", "kid_mean"}
@@ -68,6 +68,9 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
                     cells.append(s)
                 out.write(f"| {series} | " + " | ".join(cells) + " |\n")
             out.write("\n")
+    students = student_table(df)
+    if students:
+        out.write(students)
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         out.write("## Cells that did not finish\n\n| model | series | nfe_budget | seed | status | where | error |\n|---|---|---|---|---|---|---|\n")
@@ -76,6 +79,49 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
             out.write(f"| {r['model']} | {r['series']} | {r['nfe_budget']} | {r['seed']} | {r['status']} | {where} | {r['error']} |\n")
         out.write("\n")
     return out.getvalue()
+
+
+def student_table(df: pd.DataFrame) -> str:
+    """Markdown comparing each few-step student (a shipped distilled or consistency model) with
+    its teacher in the same results: at the student's NFE, the best teacher series at that budget,
+    and the teacher's converged value (its best series at its largest budget) with the gap."""
+    from score_models import shipped, zoo
+
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for student in dict.fromkeys(ok["model"]):
+        if zoo.student_kind(student) is None:
+            continue
+        teacher = shipped.card(student)["base"]
+        teacher_rows = ok[ok["model"] == teacher]
+        if teacher_rows.empty:
+            continue
+        for metric in metric_columns(df):
+            mine = pivot(ok, student, metric)
+            theirs = pivot(ok, teacher, metric)
+            if mine.empty or theirs.empty or metric not in LOWER_IS_BETTER:
+                continue
+            top = max(theirs.columns)
+            converged_series = theirs[top].idxmin()
+            converged = theirs[top].min()
+            for series, values in mine.iterrows():
+                for nfe, value in values.dropna().items():
+                    if nfe in theirs.columns and theirs[nfe].notna().any():
+                        best_series, best = theirs[nfe].idxmin(), theirs[nfe].min()
+                        teacher_cell = f"{_fmt(best)} ({best_series})"
+                        wins = "yes" if value < best else "no"
+                    else:
+                        teacher_cell, wins = "-", "-"
+                    rows.append(f"| {student} | {teacher} | {metric} | {nfe} | {_fmt(value)} | {teacher_cell} | {wins} | "
+                                f"{_fmt(converged)} ({converged_series} @ {top}) | {_fmt(value - converged)} |")
+    if not rows:
+        return ""
+    return ("## Few-step students against their teachers\n\n"
+            "At the student's NFE: the best teacher sampler at the same budget, and the gap to the teacher's "
+            "converged quality (its best series at its largest budget).\n\n"
+            "| student | teacher | metric | NFE | student | best teacher at this NFE | student better | "
+            "teacher converged | gap to converged |\n|---|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n\n")
 
 
 def _pareto(points: np.ndarray) -> np.ndarray:

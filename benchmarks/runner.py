@@ -66,10 +66,12 @@ def expand_cells(cfg: SweepConfig) -> Tuple[List[Cell], List[str]]:
             if model.series is not None and series.key not in model.series:
                 continue
             spec = solvers.get(series.sampler)
+            if zoo.is_known(model.name) and spec.student != zoo.student_kind(model.name):
+                continue  # a student's sampler on a teacher, or a teacher's sampler on a student
             for nfe in series.nfe or model.nfe or cfg.nfe:
                 if not spec.adaptive:
                     try:
-                        spec.steps_for_budget(nfe, series.options.get("to_zero", True), series.options)
+                        spec.steps_for_budget(nfe, spec.ends_at_data(series.options), series.options)
                     except ValueError as e:
                         skipped.append(f"{series.key} @ nfe={nfe}: {e}")
                         continue

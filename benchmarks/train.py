@@ -54,8 +54,12 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int = 200) -> float:
 
 
 def _fit_diffusion(net: nn.Module, batch_fn: Callable[[torch.Generator], tuple], loss_fn: Callable,
-                   steps: int, lr: float, ema_decay: float, seed: int, desc: str, quiet: bool) -> tuple:
-    """Adam with warm-up + cosine decay and an EMA copy; returns (ema net, final EMA loss)."""
+                   steps: int, lr: float, ema_decay: float, seed: int, desc: str, quiet: bool,
+                   after_step: Optional[Callable[[int], None]] = None, ema_warmup: bool = False) -> tuple:
+    """Adam with warm-up + cosine decay and an EMA copy; returns (ema net, final EMA loss).
+    ``after_step(step)`` runs after each optimiser step (a consistency model's target update).
+    ``ema_warmup``: decay min(ema_decay, (1 + k)/(10 + k)) at step k, so that a short fine-tune
+    does not keep a sizeable share of its initial weights in the average (0.999^1000 = 37%)."""
     g = torch.Generator().manual_seed(seed)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -68,7 +72,9 @@ def _fit_diffusion(net: nn.Module, batch_fn: Callable[[torch.Generator], tuple],
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _ema_update(ema, net, ema_decay)
+        _ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)) if ema_warmup else ema_decay)
+        if after_step is not None:
+            after_step(step)
         value = float(loss.detach())
         running = value if running is None else 0.99 * running + 0.01 * value
         bar.update(1)
@@ -212,6 +218,80 @@ def digits_unet_quality(n_per_class: int = 100, seed: int = 0) -> Dict[str, floa
                         f"features: digits-classifier penultimate layer"}
 
 
+# --- few-step students ---------------------------------------------------------------------------
+def _training_data(base: str) -> Callable[[torch.Generator, int], torch.Tensor]:
+    """data_fn(generator, n) drawing the teacher's training data (digits: the train split)."""
+    if base == "digits-unet":
+        x_train, _ = digits("train")
+        return lambda g, n: x_train[torch.randint(0, len(x_train), (n,), generator=g)]
+    dataset = base[len("toy2d-"):]
+    return lambda g, n: toy2d(dataset, n, g)
+
+
+#: Per teacher family: batch size, learning rate and EMA of the students' training.
+_STUDENT_SETTINGS = {"digits-unet": dict(batch_size=128, lr=3e-4, ema=0.999),
+                     "toy2d-moons": dict(batch_size=1024, lr=3e-4, ema=0.999)}
+
+
+def _train_distilled(base: str, student_steps: int, steps: int, seed: int, quiet: bool) -> tuple[nn.Module, Dict[str, Any]]:
+    from benchmarks.distill import progressive_distillation
+    from score_models import zoo
+
+    teacher_name = base if student_steps == 8 else f"{base}-pd{2 * student_steps}"
+    torch.manual_seed(seed)
+    model, info = progressive_distillation(zoo.load(teacher_name), student_steps, _training_data(base),
+                                           train_steps=steps, seed=seed, quiet=quiet, teacher_name=teacher_name,
+                                           **_STUDENT_SETTINGS[base])
+    return model.net, {"base": base, **info}
+
+
+def _train_consistency(base: str, distill: bool, steps: int, seed: int, quiet: bool) -> tuple[nn.Module, Dict[str, Any]]:
+    from benchmarks.distill import consistency_distillation
+    from score_models import zoo
+
+    torch.manual_seed(seed)
+    teacher = zoo.load(base)
+    data_fn = _training_data(base)
+    # sigma_data: the training data's standard deviation (EDM's c_skip/c_out constant).
+    sigma_data = float(data_fn(torch.Generator().manual_seed(seed), 4096).std())
+    # CD starts from the teacher's weights; CT (no teacher) from a fresh network of its architecture.
+    net = copy.deepcopy(teacher.net) if distill else type(teacher.net)()
+    model, info = consistency_distillation(net, teacher.schedule, data_fn, teacher=teacher if distill else None,
+                                           sigma_data=sigma_data, train_steps=steps, seed=seed, quiet=quiet,
+                                           teacher_name=base if distill else None, sample_shape=teacher.sample_shape,
+                                           **_STUDENT_SETTINGS[base])
+    return model.net, {"base": base, **info}
+
+
+def student_quality(name: str, n: int = 2000, seed: int = 1) -> Dict[str, Any]:
+    """A card's quick figure: the student's samples at its own step count (consistency models at
+    1, 2 and 4 NFE) against the reference data: sliced W2 (toy2d) or FD on digits-classifier
+    features vs the test split (digits). The tables of ``nfebench run`` compare with the teacher."""
+    import solvers
+    from benchmarks.metrics import frechet_distance, sliced_wasserstein
+    from score_models import zoo
+
+    model = zoo.load(name)
+    kind = zoo.student_kind(name)
+    budgets = [model.steps] if kind == "distilled" else [1, 2, 4]
+    digits_model = name.startswith("digits")
+    classifier = shipped.load_classifier("digits-classifier") if digits_model else None
+    reference = model.sample_data(n, generator=torch.Generator().manual_seed(seed + 1))
+    out: Dict[str, Any] = {}
+    with torch.inference_mode():
+        for nfe in budgets:
+            g = torch.Generator().manual_seed(seed)
+            x = solvers.sample(kind, model, torch.randn((n,) + model.sample_shape, generator=g), nfe=nfe, generator=g)
+            if digits_model:
+                f = lambda v: classifier.features(v.clamp(-1, 1)).double()
+                out[f"fd_vs_test_{nfe}nfe"] = frechet_distance(f(x), f(reference))
+            else:
+                out[f"sliced_w2_{nfe}nfe"] = sliced_wasserstein(x, reference)
+    out["protocol"] = f"{kind} sampler, {n} samples, seed {seed}" + (
+        "; features: digits-classifier penultimate layer, vs the 360-image test split" if digits_model else "")
+    return out
+
+
 # --- registry -----------------------------------------------------------------------------------
 TRAINABLE: Dict[str, Dict[str, Any]] = {
     **{f"toy2d-{d}": {"steps": 6000, "fn": (lambda d: lambda steps, seed, quiet: _train_toy2d(d, steps, seed, quiet))(d),
@@ -221,6 +301,18 @@ TRAINABLE: Dict[str, Dict[str, Any]] = {
     "digits-noisy-classifier": {"steps": 6000, "fn": lambda steps, seed, quiet: _train_classifier(True, steps, seed, quiet),
                                 "data": "sklearn digits", "kind": "classifier"},
     "digits-unet": {"steps": 12000, "fn": _train_digits_unet, "data": "sklearn digits", "kind": "diffusion"},
+    # Students, in dependency order (each -pd<N> is distilled from -pd<2N>, -pd8 from the teacher).
+    **{f"{base}-pd{n}": {"steps": steps, "data": data, "kind": "student",
+                         "fn": (lambda base, n: lambda steps, seed, quiet: _train_distilled(base, n, steps, seed, quiet))(base, n)}
+       for base, steps, data in (("digits-unet", 3000, "sklearn digits"),
+                                 ("toy2d-moons", 2000, "toy2d:moons (generated, seeded; score_models.data)"))
+       for n in (8, 4, 2, 1)},
+    "digits-unet-cd": {"steps": 4000, "data": "sklearn digits", "kind": "student",
+                       "fn": lambda steps, seed, quiet: _train_consistency("digits-unet", True, steps, seed, quiet)},
+    "toy2d-moons-cd": {"steps": 4000, "data": "toy2d:moons (generated, seeded; score_models.data)", "kind": "student",
+                       "fn": lambda steps, seed, quiet: _train_consistency("toy2d-moons", True, steps, seed, quiet)},
+    "toy2d-moons-ct": {"steps": 8000, "data": "toy2d:moons (generated, seeded; score_models.data)", "kind": "student",
+                       "fn": lambda steps, seed, quiet: _train_consistency("toy2d-moons", False, steps, seed, quiet)},
 }
 
 
@@ -246,9 +338,11 @@ def train(name: str, steps: Optional[int] = None, seed: int = 0, out_dir: Option
                          "test": len(digits("test")[1])}
     shipped.save(net, card, out_dir)
     if evaluate and out_dir == shipped.DIRECTORY:
-        if name.startswith("toy2d"):
+        if name.startswith("toy2d") and spec["kind"] == "diffusion":
             card["quality"] = _toy2d_quality(name)
         elif name == "digits-unet":
             card["quality"] = digits_unet_quality()
+        elif spec["kind"] == "student":
+            card["quality"] = student_quality(name)
         shipped.save(net, card, out_dir)
     return card

@@ -18,6 +18,11 @@
   default 1) and ``digits-unet-cg[=w]`` (classifier guidance with digits-noisy-classifier,
   default 1). Their ``sample_data`` draws the training distribution (toy2d: fresh samples;
   digits: the held-out test split), the reference set of the distribution metrics and FID.
+- Shipped few-step students (``nfebench train`` reproduces them from their teacher):
+  ``digits-unet-pd{8,4,2,1}`` and ``toy2d-moons-pd{8,4,2,1}`` (progressive distillation, run
+  with the ``distilled`` sampler at their step count), ``digits-unet-cd`` and
+  ``toy2d-moons-cd`` (consistency distillation) and ``toy2d-moons-ct`` (consistency training),
+  run with the ``consistency`` sampler.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from .analytic import GaussianMixture
 from .parameterization import DiffusionModel
 from .schedules import SCHEDULES, DiscreteVP, Schedule
 
-__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule"]
+__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule", "STUDENTS", "student_kind", "is_known"]
 
 
 def _ring8(schedule: Schedule) -> GaussianMixture:
@@ -75,11 +80,15 @@ def make_schedule(schedule: Union[str, Schedule]) -> Schedule:
 
 SHIPPED = ("toy2d-moons", "toy2d-swissroll", "toy2d-8gaussians", "toy2d-checkerboard", "digits-unet",
            "digits-unet-cond", "digits-unet-cfg", "digits-unet-cg")
+#: Few-step students of the shipped teachers: progressive distillation to 8, 4, 2 and 1 steps
+#: (-pd<N>), consistency distillation (-cd) and consistency training without a teacher (-ct).
+STUDENTS = tuple(f"{teacher}-pd{n}" for teacher in ("digits-unet", "toy2d-moons") for n in (8, 4, 2, 1)) + (
+    "digits-unet-cd", "toy2d-moons-cd", "toy2d-moons-ct")
 
 
 def available() -> list[str]:
     """Loadable model names (plus ``python:<module>:<function>`` and ``diffusers:<dir>``)."""
-    return [f"gmm:{name}" for name in GMM_PRESETS] + list(SHIPPED)
+    return [f"gmm:{name}" for name in GMM_PRESETS] + list(SHIPPED) + list(STUDENTS)
 
 
 def _attach_data(model: DiffusionModel, sampler) -> DiffusionModel:
@@ -87,30 +96,52 @@ def _attach_data(model: DiffusionModel, sampler) -> DiffusionModel:
     return model
 
 
-def _load_toy2d(dataset: str) -> DiffusionModel:
+def _base_network(base: str) -> tuple:
+    """(network with the shipped weights of ``base``, schedule, sample shape, reference-data
+    sampler) for a shipped diffusion model (toy2d-<dataset> or digits-unet). Students share
+    their teacher's architecture, schedule and data."""
     from . import data, shipped
-    from .nets import TimeMLP
+    from .nets import DigitsUNet, TimeMLP
     from .schedules import VPLinear
 
-    net = TimeMLP()
-    net.load_state_dict(shipped.load_state(f"toy2d-{dataset}"))
-    model = DiffusionModel(net.eval().requires_grad_(False), VPLinear(), prediction="eps", sample_shape=(2,))
+    if base.startswith("toy2d-"):
+        dataset = base[len("toy2d-"):]
+        net, schedule, shape = TimeMLP(), VPLinear(), (2,)
 
-    def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
-        return data.toy2d(dataset, n, generator).to(device=device, dtype=dtype)
+        def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
+            return data.toy2d(dataset, n, generator).to(device=device, dtype=dtype)
+    elif base == "digits-unet":
+        net, schedule, shape = DigitsUNet(), DiscreteVP.linear(1000, 1e-4, 0.02), (1, 8, 8)
+        test_images, _ = data.digits("test")
 
-    return _attach_data(model, sample_data)
+        def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
+            # The held-out split itself (at most its 360 images): a fixed reference set.
+            return test_images[:n].to(device=device, dtype=dtype)
+    else:
+        raise ValueError(f"no shipped architecture {base!r}")
+    return net, schedule, shape, sample_data
+
+
+def _load_trained(name: str, base: str) -> tuple:
+    from . import shipped
+
+    net, schedule, shape, sample_data = _base_network(base)
+    net.load_state_dict(shipped.load_state(name))
+    return net.eval().requires_grad_(False), schedule, shape, sample_data
+
+
+def _load_toy2d(dataset: str) -> DiffusionModel:
+    net, schedule, shape, sample_data = _load_trained(f"toy2d-{dataset}", f"toy2d-{dataset}")
+    return _attach_data(DiffusionModel(net, schedule, prediction="eps", sample_shape=shape), sample_data)
 
 
 def _load_digits(variant: str, scale: float) -> DiffusionModel:
-    from . import data, shipped
+    from . import shipped
     from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cycle_labels
-    from .nets import NULL_CLASS, DigitsUNet
+    from .nets import NULL_CLASS
 
-    net = DigitsUNet()
-    net.load_state_dict(shipped.load_state("digits-unet"))
-    base = DiffusionModel(net.eval().requires_grad_(False), DiscreteVP.linear(1000, 1e-4, 0.02), prediction="eps",
-                          sample_shape=(1, 8, 8))
+    net, schedule, shape, sample_data = _load_trained("digits-unet", "digits-unet")
+    base = DiffusionModel(net, schedule, prediction="eps", sample_shape=shape)
     if variant == "digits-unet":
         model = base
     elif variant == "digits-unet-cond":
@@ -119,13 +150,37 @@ def _load_digits(variant: str, scale: float) -> DiffusionModel:
         model = ClassifierFreeGuidance(base, scale, cycle_labels(), null_label=NULL_CLASS)
     else:
         model = ClassifierGuidance(base, shipped.load_classifier("digits-noisy-classifier"), scale, cycle_labels())
-    test_images, _ = data.digits("test")
-
-    def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
-        # The held-out split itself (at most its 360 images): a fixed reference set.
-        return test_images[:n].to(device=device, dtype=dtype)
-
     return _attach_data(model, sample_data)
+
+
+def _load_student(name: str) -> DiffusionModel:
+    """A shipped few-step student; its card says what it is (see benchmarks/distill.py)."""
+    from . import shipped
+    from .distilled import ConsistencyModel, DistilledModel
+
+    info = shipped.card(name)
+    net, schedule, shape, sample_data = _load_trained(name, info["base"])
+    if info["kind"] == "progressive_distillation":
+        model = DistilledModel(net, schedule, info["steps_student"], info["grid"], prediction=info["prediction"],
+                               sample_shape=shape, teacher=info["teacher"])
+    else:
+        model = ConsistencyModel(net, schedule, info["sigma_min"], info["sigma_data"], sample_shape=shape,
+                                 teacher=info["teacher"], training=info["kind"].removeprefix("consistency_"))
+    return _attach_data(model, sample_data)
+
+
+def is_known(name: str) -> bool:
+    """Whether ``name`` is a preset or shipped model (whose kind this module knows)."""
+    kind, _, rest = name.partition(":")
+    return (kind == "gmm" and rest in GMM_PRESETS) or name.partition("=")[0] in SHIPPED or name in STUDENTS
+
+
+def student_kind(name: str) -> str | None:
+    """"distilled" or "consistency" for a shipped student's name, else None (a teacher, or a
+    model this zoo cannot tell without loading it)."""
+    if name not in STUDENTS:
+        return None
+    return "consistency" if name.endswith(("-cd", "-ct")) else "distilled"
 
 
 def _load_python(spec: str, schedule: Schedule) -> DiffusionModel:
@@ -203,10 +258,12 @@ def load(name: str, schedule: Union[str, Schedule, None] = None) -> DiffusionMod
     if kind == "python" and rest:
         return _load_python(rest, make_schedule(schedule or "vp_linear"))
     base_name, _, scale = name.partition("=")
-    if schedule is not None and (kind == "diffusers" or base_name in SHIPPED):
+    if schedule is not None and (kind == "diffusers" or base_name in SHIPPED or name in STUDENTS):
         raise ValueError(f"model {name!r} brings its own schedule; do not give schedule={schedule!r}")
     if kind == "diffusers" and rest:
         return load_diffusers(rest)
+    if name in STUDENTS:
+        return _load_student(name)
     if base_name in SHIPPED:
         if scale and base_name not in ("digits-unet-cfg", "digits-unet-cg"):
             raise ValueError(f"{base_name!r} takes no '=scale'; only digits-unet-cfg and digits-unet-cg do")

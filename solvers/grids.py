@@ -18,7 +18,7 @@ GRIDS = ("uniform", "quadratic", "edm", "logsnr")
 SPACINGS = ("leading", "trailing", "linspace")
 GridSpec = Union[str, torch.Tensor]
 
-__all__ = ["GRIDS", "SPACINGS", "time_grid", "check_grid", "spaced_times", "discrete_timesteps"]
+__all__ = ["GRIDS", "SPACINGS", "time_grid", "check_grid", "spaced_times", "discrete_timesteps", "nested_times"]
 
 
 def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float, rho: float = 7.0) -> torch.Tensor:
@@ -129,3 +129,22 @@ def check_grid(schedule: Schedule, times: torch.Tensor) -> torch.Tensor:
     if not bool((sig[1:] < sig[:-1]).all()):
         raise ValueError("grid times must go from high noise to low noise, strictly")
     return times
+
+
+def nested_times(schedule: Schedule, n_steps: int, grid: str = "uniform") -> torch.Tensor:
+    """The n_steps + 1 times of a progressive-distillation chain: t = G(i / n_steps) from t_max to
+    t_data (sigma = 0), ``uniform`` (Salimans & Ho 2022, sec. 4: t_i = i/N) or ``quadratic``
+    (G(u) = t_data + (t_max - t_data)(1 - u)^2). The 2N-step grid contains the N-step grid, so
+    two teacher steps span exactly one student step."""
+    if grid not in ("uniform", "quadratic"):
+        raise ValueError(f"unknown distillation grid {grid!r}; valid: uniform, quadratic")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if not torch.isfinite(torch.tensor(schedule.t_data)):
+        raise ValueError(f"{schedule.name} never reaches sigma = 0 (t_data = {schedule.t_data}); "
+                         f"progressive distillation needs a schedule that does")
+    times = spaced_times(schedule, n_steps + 1, grid, schedule.t_max, schedule.t_data)
+    try:
+        return check_grid(schedule, times)
+    except ValueError as e:
+        raise ValueError(f"the {grid} distillation grid of {n_steps} steps is not valid on {schedule.name}: {e}") from None

@@ -43,6 +43,12 @@ class SamplerSpec:
     defaults: Dict[str, Any] = field(default_factory=dict)
     stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None
     reports_stats: bool = False  # the function takes stats= and fills it
+    default_to_zero: bool = True  # the grid's to_zero when the user gives none
+    #: samplers bound to a model's own grid (a distilled student): (model, n_steps) -> times
+    times_from_model: Optional[Callable[[Any, int], torch.Tensor]] = None
+    #: the kind of few-step student this sampler runs ("distilled", "consistency"), None for
+    #: samplers of diffusion models; the benchmark pairs each with its own models only
+    student: Optional[str] = None
 
     @property
     def adaptive(self) -> bool:
@@ -60,6 +66,10 @@ class SamplerSpec:
 
     def order_of(self, options: Dict[str, Any]) -> Optional[float]:
         return self.order(self.with_defaults(options)) if callable(self.order) else self.order
+
+    def ends_at_data(self, options: Dict[str, Any]) -> bool:
+        """Whether the grid this sampler gets with these options ends at sigma = 0."""
+        return bool(options.get("to_zero", self.default_to_zero))
 
     def count(self, n_steps: int, ends_at_data: bool, options: Dict[str, Any]) -> int:
         """Exact NFE over a grid of n_steps intervals."""
@@ -84,7 +94,9 @@ _REGISTRY: Dict[str, SamplerSpec] = {}
 def register(name: str, *, order: Any, stochastic: bool, nfe_rule: str,
              nfe_for_steps: Optional[Callable[[int, bool, Dict[str, Any]], int]], paper: str, default_grid: str = "edm",
              grid_options: Tuple[str, ...] = GRID_OPTIONS,
-             stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Callable:
+             stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None, default_to_zero: bool = True,
+             times_from_model: Optional[Callable[[Any, int], torch.Tensor]] = None,
+             student: Optional[str] = None) -> Callable:
     """Decorator declaring a sampler ``fn(model, x_T, times, *, <options>, generator=None)``.
 
     Its keyword parameters (other than generator/max_nfe/stats) become its options, with their
@@ -118,7 +130,8 @@ def register(name: str, *, order: Any, stochastic: bool, nfe_rule: str,
                     raise ValueError(f"{name}: NFE rule must be >= 1 and strictly increasing in steps, got {counts}")
         _REGISTRY[name] = SamplerSpec(name, fn, order, stochastic, nfe_rule, nfe_for_steps, paper,
                                       default_grid, tuple(grid_options), defaults, stochastic_if,
-                                      reports_stats="stats" in params)
+                                      reports_stats="stats" in params, default_to_zero=default_to_zero,
+                                      times_from_model=times_from_model, student=student)
         return fn
 
     return wrap
@@ -140,7 +153,7 @@ def get(name: str) -> SamplerSpec:
 
 def _load_builtin() -> None:
     # The built-in samplers register themselves on import.
-    from . import ddim, dpm_solver, multistep, ode, pc, sde  # noqa: F401
+    from . import ddim, distilled, dpm_solver, multistep, ode, pc, sde  # noqa: F401
 
 
 def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[int] = None,
@@ -167,7 +180,7 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
 
     if spec.adaptive:
         # An adaptive solver integrates from t_max to t_min (then denoises if to_zero).
-        to_zero = grid_kw.get("to_zero", True)
+        to_zero = spec.ends_at_data(grid_kw)
         times = time_grid(sched, 2 if to_zero else 1, "uniform", **grid_kw)
         n_steps = None
     elif isinstance(grid, torch.Tensor):
@@ -181,8 +194,11 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     else:
         if nfe is None:
             raise ValueError(f"{name} needs nfe= (or a tensor grid=)")
-        n_steps = spec.steps_for_budget(int(nfe), grid_kw.get("to_zero", True), options)
-        times = time_grid(sched, n_steps, grid, **grid_kw)
+        n_steps = spec.steps_for_budget(int(nfe), spec.ends_at_data(grid_kw), options)
+        if spec.times_from_model is not None:
+            times = spec.times_from_model(model, n_steps)
+        else:
+            times = time_grid(sched, n_steps, grid, **{"to_zero": spec.default_to_zero, **grid_kw})
         n_steps = times.numel() - 1  # a discrete spacing may merge a duplicate final timestep
 
     x_T = sched.prior_std_at(float(times[0])) * noise
