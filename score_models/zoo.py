@@ -97,10 +97,10 @@ def _attach_data(model: DiffusionModel, sampler) -> DiffusionModel:
 
 
 def _base_network(base: str) -> tuple:
-    """(network with the shipped weights of ``base``, schedule, sample shape, reference-data
-    sampler) for a shipped diffusion model (toy2d-<dataset> or digits-unet). Students share
-    their teacher's architecture, schedule and data."""
-    from . import data, shipped
+    """(an untrained network of ``base``'s architecture, its schedule, sample shape and
+    reference-data sampler) for a shipped diffusion model (toy2d-<dataset> or digits-unet).
+    Students share their teacher's architecture, schedule and data."""
+    from . import data
     from .nets import DigitsUNet, TimeMLP
     from .schedules import VPLinear
 

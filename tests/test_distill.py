@@ -14,7 +14,6 @@ from benchmarks.runner import expand_cells
 from score_models import VE, DiffusionModel, DiscreteVP, VPLinear, shipped, zoo
 from score_models.data import toy2d
 from score_models.distilled import ConsistencyModel, DistilledModel, consistency_scalings
-from score_models.parameterization import per_sample
 from solvers.ddim import ddim
 from solvers.grids import nested_times
 

@@ -3,7 +3,8 @@
     python -m benchmarks.perf.overhead [--nfe 20] [--repeats 5] [--out DIR]
 
 Also: rk45 next to torchdiffeq.odeint called directly and scipy's solve_ivp on the same ODE and
-tolerance, and the measured effect of the loop options (autograd mode, time-input cache).
+tolerance, the measured effect of the loop options (autograd mode, time-input cache) and of
+torch.compile of the network.
 
 For each fixed-step sampler, on the shipped digits UNet (batch 256) and a toy2d MLP (batch 4096):
 wall time of solvers.sample at N NFE over N x the wall time of one network forward at the same
@@ -24,7 +25,7 @@ import torch
 import solvers
 from score_models import zoo
 
-__all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "median_time"]
+__all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "compile_table", "median_time"]
 
 def fixed_step_samplers() -> List[str]:
     """Every registered sampler with a fixed-step NFE rule."""
@@ -186,6 +187,31 @@ def options_table(nfe: int = 20, repeats: int = 5) -> List[Dict]:
     return rows
 
 
+def compile_table(nfe: int = 20, repeats: int = 5) -> List[Dict]:
+    """torch.compile of the network (inductor, static shapes) against eager, dpm_solver at ``nfe``
+    on both shipped architectures: steady-state sampling time, the one-off compile time and the
+    largest difference of the samples."""
+    import time
+
+    rows = []
+    for name, batch in (("toy2d-moons", 4096), ("digits-unet", 256)):
+        model = zoo.load(name)
+        noise = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
+        run = lambda: solvers.sample("dpm_solver", model, noise, nfe=nfe)
+        with torch.inference_mode():
+            eager_out = run()
+            eager_s = median_time(run, repeats)
+            model.net = torch.compile(model.net, dynamic=False)
+            start = time.perf_counter()
+            compiled_out = run()
+            first_s = time.perf_counter() - start
+            compiled_s = median_time(run, repeats)
+        rows.append(dict(model=name, batch=batch, nfe=nfe, eager_s=eager_s, compiled_s=compiled_s,
+                         speedup=eager_s / compiled_s, compile_s=first_s - compiled_s,
+                         max_diff=float((compiled_out - eager_out).abs().max())))
+    return rows
+
+
 def _markdown(rows: List[Dict], columns: Sequence[str]) -> str:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -209,7 +235,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "## rk45: nfebench vs torchdiffeq.odeint direct vs scipy solve_ivp (same ODE and tolerance)", "",
             _markdown(rk45_table(), ["solver", "tol", "nfe", "seconds", "max_diff_vs_nfebench"]), "",
             "## Loop options on the toy2d MLP (dpm_solver, batch 4096)", "",
-            _markdown(options_table(args.nfe, args.repeats), ["mode", "cache_times", "nfe", "seconds", "speedup"])]
+            _markdown(options_table(args.nfe, args.repeats), ["mode", "cache_times", "nfe", "seconds", "speedup"]), "",
+            "## torch.compile of the network (dpm_solver)", "",
+            _markdown(compile_table(args.nfe, args.repeats),
+                      ["model", "batch", "nfe", "eager_s", "compiled_s", "speedup", "compile_s", "max_diff"])]
     report = "\n".join(text) + "\n"
     print(report)
     if args.out:
