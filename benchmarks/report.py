@@ -96,11 +96,11 @@ def student_table(df: pd.DataFrame) -> str:
         teacher_rows = ok[ok["model"] == teacher]
         if teacher_rows.empty:
             continue
-        for metric in metric_columns(df):
-            mine = pivot(ok, student, metric)
-            theirs = pivot(ok, teacher, metric)
-            if mine.empty or theirs.empty or metric not in LOWER_IS_BETTER:
-                continue
+        # The headline metric only: FID when the run has it for this pair, else sliced W2.
+        metrics = [m for m in ("fid", "sliced_wasserstein") if m in df.columns
+                   and not pivot(ok, student, m).empty and not pivot(ok, teacher, m).empty][:1]
+        for metric in metrics:
+            mine, theirs = pivot(ok, student, metric), pivot(ok, teacher, metric)
             top = max(theirs.columns)
             converged_series = theirs[top].idxmin()
             converged = theirs[top].min()

@@ -37,7 +37,7 @@ def distilled(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     return ddim(model, x_T, times, eta=0.0, generator=generator)
 
 
-@register("consistency", order=None, stochastic=True,
+@register("consistency", order=0, stochastic=True,  # not a discretisation: no convergence order
           nfe_rule="N (one evaluation per noise level; the grid's last time is where the chain ends)",
           nfe_for_steps=lambda n, ends_at_data, o: n, paper="Song, Dhariwal, Chen & Sutskever 2023, Algorithm 1",
           grid_options=("grid", "rho", "t_min", "t_max", "to_zero"), default_to_zero=False, student="consistency")
