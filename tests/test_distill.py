@@ -1,5 +1,6 @@
 """Few-step students: progressive distillation, consistency models, their samplers, the
 benchmark's pairing of students with their samplers, and the shipped students."""
+import copy
 import math
 
 import pytest
@@ -32,6 +33,16 @@ def best_teacher(model, nfe, score, noise):
             except ValueError:  # this sampler needs more NFE
                 continue
     return min(values)
+
+
+def moons_scores(sampler, student, teacher, nfe):
+    """(student's sliced W2 at nfe, best teacher sampler's at nfe) on toy2d-moons, same noise."""
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(3))
+    reference = toy2d("moons", 2000, torch.Generator().manual_seed(4))
+    score = lambda x: sliced_wasserstein(x, reference)
+    with torch.inference_mode():
+        mine = score(solvers.sample(sampler, student, noise, nfe=nfe, generator=torch.Generator().manual_seed(5)))
+    return mine, best_teacher(teacher, nfe, score, noise)
 
 
 # --- the nested grid ------------------------------------------------------------------------------
@@ -95,12 +106,8 @@ def test_a_short_distillation_round_beats_the_teachers_samplers_at_its_nfe():
     data = lambda g, n: toy2d("moons", n, g)
     student, info = progressive_distillation(teacher, 2, data, train_steps=400, batch_size=512, lr=1e-3, seed=0)
     assert info["steps_teacher"] == 4 and student.steps == 2 and student.prediction == "v"
-    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(3))
-    reference = toy2d("moons", 2000, torch.Generator().manual_seed(4))
-    score = lambda x: sliced_wasserstein(x, reference)
-    with torch.inference_mode():
-        mine = score(solvers.sample("distilled", student, noise, nfe=2))
-    assert mine < 0.7 * best_teacher(teacher, 2, score, noise)
+    mine, teachers = moons_scores("distilled", student, teacher, 2)
+    assert mine < 0.7 * teachers
     with pytest.raises(ValueError, match="a 2-step student needs a 4-step teacher on the uniform grid"):
         progressive_distillation(student, 2, data, train_steps=1)
 
@@ -176,17 +183,11 @@ def test_consistency_schedules_follow_the_paper():
 def test_short_consistency_distillation_beats_the_teacher_at_one_step_and_training_runs():
     teacher = zoo.load("toy2d-moons")
     data = lambda g, n: toy2d("moons", n, g)
-    import copy
-
     cm, info = consistency_distillation(copy.deepcopy(teacher.net), teacher.schedule, data, teacher=teacher,
                                         sigma_data=0.8, train_steps=400, batch_size=512, lr=1e-3, sample_shape=(2,))
     assert info["kind"] == "consistency_distillation" and cm.training == "distillation"
-    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(3))
-    reference = toy2d("moons", 2000, torch.Generator().manual_seed(4))
-    score = lambda x: sliced_wasserstein(x, reference)
-    with torch.inference_mode():
-        mine = score(solvers.sample("consistency", cm, noise, nfe=1))
-    assert mine < 0.5 * best_teacher(teacher, 1, score, noise)
+    mine, teachers = moons_scores("consistency", cm, teacher, 1)
+    assert mine < 0.5 * teachers
     ct, info = consistency_distillation(type(teacher.net)(), teacher.schedule, data, teacher=None, sigma_data=0.8,
                                         train_steps=30, batch_size=256, sample_shape=(2,))
     assert info["kind"] == "consistency_training" and math.isfinite(info["final_loss"])
