@@ -79,13 +79,15 @@ class SweepConfig:
     metrics: List[str] = field(default_factory=lambda: ["solver_error"])
     reference: Dict[str, Any] = field(default_factory=dict)
     save_samples: bool = False
+    #: torch.compile each model's network (static shapes, compiled at the untimed forward probe)
+    compile: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
 
 _RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
-             "save_samples"}
+             "save_samples", "compile"}
 _TOP_KEYS = {"run", "models", "samplers"}
 _MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference", "nfe"}
 _SERIES_KEYS = {"sampler", "options", "nfe", "label"}
@@ -193,10 +195,13 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         if unknown:
             raise ConfigError(f"model {m.key!r} names unknown series {unknown}; valid: {', '.join(keys)}")
 
+    for flag in ("save_samples", "compile"):
+        if not isinstance(run.get(flag, False), bool):
+            raise ConfigError(f"[run] {flag} must be true or false, got {run[flag]!r}")
     return SweepConfig(name=run.get("name", Path(source).stem), models=models, samplers=series, nfe=nfe,
                        seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,
                        metrics=list(metrics), reference=dict(reference),
-                       save_samples=bool(run.get("save_samples", False)))
+                       save_samples=run.get("save_samples", False), compile=run.get("compile", False))
 
 
 def load_config(path: Optional[str | Path] = None) -> SweepConfig:

@@ -31,13 +31,14 @@ import torch
 
 import solvers
 from score_models import zoo
+from score_models.analytic import GaussianMixture
 from score_models.parameterization import DiffusionModel
 
 from .config import ModelSpec, SeriesSpec, SweepConfig
 from .metrics import METRICS, CellInfo
 from .timing import PeakMemory, Stopwatch, median_seconds, resolve_device
 
-__all__ = ["Cell", "expand_cells", "run_sweep", "RESULT_COLUMNS", "write_atomic", "batch_generator", "init_distributed"]
+__all__ = ["Cell", "expand_cells", "run_sweep", "compile_network", "RESULT_COLUMNS", "write_atomic", "batch_generator", "init_distributed"]
 
 RESULT_COLUMNS = [
     "model", "schedule", "sampler", "series", "options", "nfe_budget", "nfe", "network_passes", "n_samples", "seed",
@@ -177,11 +178,25 @@ class _RunContext:
         os.replace(tmp, path)
 
 
+def compile_network(model: DiffusionModel) -> bool:
+    """torch.compile (static shapes) the network module of ``model``, or of the model a guidance
+    wrapper wraps; False where there is none worth compiling (exact mixtures, plain functions).
+    Measured on 2 CPU cores (python -m benchmarks.perf.overhead): 1.31x on the digits UNet at
+    batch 256, 0.95x on the toy2d MLP, about 15 s of compilation per batch shape."""
+    owner = getattr(model, "base", model)
+    if isinstance(owner, GaussianMixture) or not isinstance(owner.net, torch.nn.Module):
+        return False
+    owner.net = torch.compile(owner.net, dynamic=False)
+    return True
+
+
 def _load_model(ctx: _RunContext, spec: ModelSpec) -> DiffusionModel:
     if spec.key not in ctx.models:
         model = zoo.load(spec.name, schedule=spec.schedule).to(ctx.device)
         if model.sample_shape is None:
             raise ValueError(f"model {spec.name!r} does not declare its sample_shape")
+        if ctx.cfg.compile:
+            compile_network(model)
         ctx.models[spec.key] = model
     return ctx.models[spec.key]
 

@@ -219,3 +219,32 @@ def test_inception_loads_from_a_local_weights_path(tmp_path, monkeypatch):
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
     ref = random_net.eval()(torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8))  # same architecture runs
     assert ref[0].shape == (1, 2048)
+
+
+def test_compile_option_is_validated_and_compiles_the_right_module():
+    from benchmarks.config import ConfigError
+    from benchmarks.runner import compile_network
+    from score_models import zoo
+
+    base = {"run": {"nfe": [4]}, "models": [{"name": "gmm:ring8"}], "samplers": [{"sampler": "euler"}]}
+    with pytest.raises(ConfigError, match="\\[run\\] compile must be true or false, got 'yes'"):
+        parse_config({**base, "run": {"nfe": [4], "compile": "yes"}})
+    assert parse_config({**base, "run": {"nfe": [4], "compile": True}}).compile is True
+    assert compile_network(zoo.load("gmm:ring8")) is False  # exact mixtures are not networks
+    guided = zoo.load("digits-unet-cfg=2")
+    assert compile_network(guided) and type(guided.base.net).__name__ == "OptimizedModule"
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager(tmp_path):
+    rows = {}
+    for flag in (False, True):
+        config = parse_config({
+            "run": {"nfe": [4, 8], "n_samples": 256, "batch_size": 256, "metrics": ["sliced_wasserstein"],
+                    "compile": flag},
+            "models": [{"name": "toy2d-moons"}], "samplers": [{"sampler": "dpm_solver"}],
+        })
+        rows[flag] = run_sweep(config, tmp_path / str(flag), progress=False)
+    assert (rows[True]["status"] == "ok").all()
+    assert rows[True]["sliced_wasserstein"].to_numpy() == pytest.approx(rows[False]["sliced_wasserstein"].to_numpy(),
+                                                                         abs=1e-4)

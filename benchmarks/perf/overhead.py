@@ -28,8 +28,10 @@ from score_models import zoo
 __all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "compile_table", "median_time"]
 
 def fixed_step_samplers() -> List[str]:
-    """Every registered sampler with a fixed-step NFE rule."""
-    return [name for name in solvers.available() if not solvers.get(name).adaptive]
+    """Every registered sampler of diffusion models with a fixed-step NFE rule (the students'
+    samplers need their own models; the distilled one is DDIM's loop, the consistency one a
+    plain evaluation loop)."""
+    return [name for name in solvers.available() if not solvers.get(name).adaptive and solvers.get(name).student is None]
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
