@@ -181,8 +181,9 @@ class _RunContext:
 def compile_network(model: DiffusionModel) -> bool:
     """torch.compile (static shapes) the network module of ``model``, or of the model a guidance
     wrapper wraps; False where there is none worth compiling (exact mixtures, plain functions).
-    Measured on 2 CPU cores (python -m benchmarks.perf.overhead): 1.31x on the digits UNet at
-    batch 256, 0.95x on the toy2d MLP, about 15 s of compilation per batch shape."""
+    Measured on 2 CPU cores (python -m benchmarks.perf.overhead): 1.3-1.6x on the digits UNet
+    at batch 256, 0.95-0.97x on the toy2d MLP, up to ~15 s of compilation per batch shape (less
+    when inductor's on-disk cache already holds the graph)."""
     owner = getattr(model, "base", model)
     if isinstance(owner, GaussianMixture) or not isinstance(owner.net, torch.nn.Module):
         return False
