@@ -237,7 +237,7 @@ def _train_distilled(base: str, student_steps: int, steps: int, seed: int, quiet
     from benchmarks.distill import progressive_distillation
     from score_models import zoo
 
-    teacher_name = base if student_steps == 8 else f"{base}-pd{2 * student_steps}"
+    teacher_name = base if student_steps == 16 else f"{base}-pd{2 * student_steps}"
     torch.manual_seed(seed)
     model, info = progressive_distillation(zoo.load(teacher_name), student_steps, _training_data(base),
                                            train_steps=steps, seed=seed, quiet=quiet, teacher_name=teacher_name,
@@ -301,12 +301,13 @@ TRAINABLE: Dict[str, Dict[str, Any]] = {
     "digits-noisy-classifier": {"steps": 6000, "fn": lambda steps, seed, quiet: _train_classifier(True, steps, seed, quiet),
                                 "data": "sklearn digits", "kind": "classifier"},
     "digits-unet": {"steps": 12000, "fn": _train_digits_unet, "data": "sklearn digits", "kind": "diffusion"},
-    # Students, in dependency order (each -pd<N> is distilled from -pd<2N>, -pd8 from the teacher).
+    # Students, in dependency order (each -pd<N> is distilled from -pd<2N>, -pd16 from the teacher
+    # sampled with DDIM at 32 steps).
     **{f"{base}-pd{n}": {"steps": steps, "data": data, "kind": "student",
                          "fn": (lambda base, n: lambda steps, seed, quiet: _train_distilled(base, n, steps, seed, quiet))(base, n)}
        for base, steps, data in (("digits-unet", 3000, "sklearn digits"),
                                  ("toy2d-moons", 2000, "toy2d:moons (generated, seeded; score_models.data)"))
-       for n in (8, 4, 2, 1)},
+       for n in (16, 8, 4, 2, 1)},
     "digits-unet-cd": {"steps": 4000, "data": "sklearn digits", "kind": "student",
                        "fn": lambda steps, seed, quiet: _train_consistency("digits-unet", True, steps, seed, quiet)},
     "toy2d-moons-cd": {"steps": 4000, "data": "toy2d:moons (generated, seeded; score_models.data)", "kind": "student",

@@ -19,7 +19,7 @@
   default 1). Their ``sample_data`` draws the training distribution (toy2d: fresh samples;
   digits: the held-out test split), the reference set of the distribution metrics and FID.
 - Shipped few-step students (``nfebench train`` reproduces them from their teacher):
-  ``digits-unet-pd{8,4,2,1}`` and ``toy2d-moons-pd{8,4,2,1}`` (progressive distillation, run
+  ``digits-unet-pd{16,8,4,2,1}`` and ``toy2d-moons-pd{16,8,4,2,1}`` (progressive distillation, run
   with the ``distilled`` sampler at their step count), ``digits-unet-cd`` and
   ``toy2d-moons-cd`` (consistency distillation) and ``toy2d-moons-ct`` (consistency training),
   run with the ``consistency`` sampler.
@@ -80,9 +80,9 @@ def make_schedule(schedule: Union[str, Schedule]) -> Schedule:
 
 SHIPPED = ("toy2d-moons", "toy2d-swissroll", "toy2d-8gaussians", "toy2d-checkerboard", "digits-unet",
            "digits-unet-cond", "digits-unet-cfg", "digits-unet-cg")
-#: Few-step students of the shipped teachers: progressive distillation to 8, 4, 2 and 1 steps
+#: Few-step students of the shipped teachers: progressive distillation to 16, 8, 4, 2 and 1 steps
 #: (-pd<N>), consistency distillation (-cd) and consistency training without a teacher (-ct).
-STUDENTS = tuple(f"{teacher}-pd{n}" for teacher in ("digits-unet", "toy2d-moons") for n in (8, 4, 2, 1)) + (
+STUDENTS = tuple(f"{teacher}-pd{n}" for teacher in ("digits-unet", "toy2d-moons") for n in (16, 8, 4, 2, 1)) + (
     "digits-unet-cd", "toy2d-moons-cd", "toy2d-moons-ct")
 
 
