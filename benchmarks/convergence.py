@@ -25,7 +25,7 @@ def endpoint_errors(name: str, model: GaussianMixture, noise: torch.Tensor, budg
                     **options) -> tuple[list[int], list[float]]:
     """(counted NFE, RMS endpoint error per dimension) for each budget."""
     sched = model.schedule
-    to_zero = options.get("to_zero", True)
+    to_zero = solvers.get(name).ends_at_data(options)
     t_end = sched.t_data if to_zero else options.get("t_min", sched.t_min)
     t_max = options.get("t_max", sched.t_max)
     reference = model.exact_ode_solution(sched.prior_std_at(t_max) * noise, t_start=t_max, t_end=t_end)

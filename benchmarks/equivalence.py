@@ -148,7 +148,8 @@ def run_case(pipe_dir: Path, case: Case, spacing: str, network: str = "gmm", ste
         nfe = None
     else:
         options["spacing"] = spacing
-        nfe = solvers.get(case.sampler).count(steps, options.get("to_zero", True), options)
+        spec = solvers.get(case.sampler)
+        nfe = spec.count(steps, spec.ends_at_data(options), options)
     stats: Dict[str, Any] = {}
     ours = solvers.sample(case.sampler, model, noise, nfe=nfe, generator=torch.Generator().manual_seed(seed),
                           stats=stats, **options)

@@ -98,7 +98,7 @@ class SolverError(Metric):
         """The true PF-ODE endpoint from this batch's noise over the sampler's time span (cached)."""
         cell = self.cell
         sched = cell.model.schedule
-        to_zero = cell.options.get("to_zero", True)
+        to_zero = solvers.get(cell.sampler).ends_at_data(cell.options)
         t_max = float(cell.options.get("t_max", sched.t_max))
         t_end = sched.t_data if to_zero else float(cell.options.get("t_min", sched.t_min))
         rtol = float(cell.reference.get("rtol", 1e-6))

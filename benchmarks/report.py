@@ -93,14 +93,10 @@ def student_table(df: pd.DataFrame) -> str:
         if zoo.student_kind(student) is None:
             continue
         teacher = shipped.card(student)["base"]
-        teacher_rows = ok[ok["model"] == teacher]
-        if teacher_rows.empty:
-            continue
         # The headline metric only: FID when the run has it for this pair, else sliced W2.
-        metrics = [m for m in ("fid", "sliced_wasserstein") if m in df.columns
-                   and not pivot(ok, student, m).empty and not pivot(ok, teacher, m).empty][:1]
-        for metric in metrics:
-            mine, theirs = pivot(ok, student, metric), pivot(ok, teacher, metric)
+        pairs = [(m, pivot(ok, student, m), pivot(ok, teacher, m)) for m in ("fid", "sliced_wasserstein")
+                 if m in df.columns]
+        for metric, mine, theirs in [p for p in pairs if not p[1].empty and not p[2].empty][:1]:
             top = max(theirs.columns)
             converged_series = theirs[top].idxmin()
             converged = theirs[top].min()

@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 
-from .parameterization import DiffusionModel, per_sample
-from .schedules import Schedule, TimeLike, as_time
+from .parameterization import DiffusionModel
+from .schedules import Schedule, TimeLike
 
 __all__ = ["DistilledModel", "ConsistencyModel", "consistency_scalings", "DISTILLATION_GRIDS"]
 
@@ -83,9 +83,8 @@ class ConsistencyModel(DiffusionModel):
         self.teacher, self.training = teacher, training
 
     def _output(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, None]:
-        sigma_tilde = self.schedule.sigma_tilde(as_time(t))
         c = self.coefficients(t, x)
-        c_skip, c_out = consistency_scalings(per_sample(sigma_tilde, x), self.sigma_min, self.sigma_data)
+        c_skip, c_out = consistency_scalings(c.sigma / c.alpha, self.sigma_min, self.sigma_data)
         return c_skip * (x / c.alpha) + c_out * self.raw(x, t, **cond), None
 
     def consistency(self, x_tilde: torch.Tensor, sigma_tilde: TimeLike, **cond: Any) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Union
 
 import torch
 
+from score_models.distilled import DISTILLATION_GRIDS
 from score_models.schedules import Schedule, as_time
 
 GRIDS = ("uniform", "quadratic", "edm", "logsnr")
@@ -136,8 +137,8 @@ def nested_times(schedule: Schedule, n_steps: int, grid: str = "uniform") -> tor
     t_data (sigma = 0), ``uniform`` (Salimans & Ho 2022, sec. 4: t_i = i/N) or ``quadratic``
     (G(u) = t_data + (t_max - t_data)(1 - u)^2). The 2N-step grid contains the N-step grid, so
     two teacher steps span exactly one student step."""
-    if grid not in ("uniform", "quadratic"):
-        raise ValueError(f"unknown distillation grid {grid!r}; valid: uniform, quadratic")
+    if grid not in DISTILLATION_GRIDS:
+        raise ValueError(f"unknown distillation grid {grid!r}; valid: {', '.join(DISTILLATION_GRIDS)}")
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not torch.isfinite(torch.tensor(schedule.t_data)):
