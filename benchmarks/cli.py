@@ -93,7 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     card = train(args.model, steps=args.steps, seed=args.seed, out_dir=args.out, quiet=args.quiet,
-                 evaluate=not args.no_eval)
+                 evaluate=not args.no_eval, overwrite_shipped=args.overwrite_shipped)
     print(json.dumps(card, indent=2))
     return 0
 
@@ -127,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "digits-classifier, digits-noisy-classifier, digits-unet")
     tr.add_argument("--steps", type=int, help="optimiser steps (default: the shipped model's)")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", help="directory for the checkpoint and card (default: the package's shipped/)")
+    tr.add_argument("--out", help="directory for the checkpoint and card (default: ./trained); load the result "
+                                  "with zoo.load(name, weights_dir=DIR)")
+    tr.add_argument("--overwrite-shipped", action="store_true",
+                    help="write into the installed package's shipped/ directory, replacing the shipped checkpoint")
     tr.add_argument("--no-eval", action="store_true", help="skip the quality figures on the card")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)

@@ -102,6 +102,23 @@ def _check_keys(table: Dict[str, Any], valid: set, where: str) -> None:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(sorted(valid))}")
 
 
+#: Longest run name or label: each becomes part of a file name (plots, samples, runs/<name>).
+MAX_NAME_LENGTH = 100
+
+
+def check_name(value: Any, where: str) -> str:
+    """A run name or label usable inside a file name: non-empty text of at most MAX_NAME_LENGTH
+    printable characters, with no path separator and no '..' (it must not lead out of the run
+    directory)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{where} is {len(value)} characters long; at most {MAX_NAME_LENGTH}")
+    if "/" in value or "\\" in value or ".." in value or not value.isprintable():
+        raise ConfigError(f"{where} {value!r} may not contain '/', '\\', '..' or control characters")
+    return value
+
+
 def _int_list(value: Any, where: str, minimum: int) -> List[int]:
     if isinstance(value, int):
         value = [value]
@@ -153,6 +170,8 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
             raise ConfigError(f"[[models]] #{i + 1} series must be a non-empty list of sampler series")
         model_reference = m.get("reference", {})
         _check_keys(model_reference, _REFERENCE_KEYS, f"{source} [[models]] #{i + 1} reference")
+        if "label" in m:
+            check_name(m["label"], f"[[models]] #{i + 1} label")
         spec = ModelSpec(m["name"], m.get("schedule"), m.get("label", ""),
                          tuple(series_subset) if series_subset else None, n_model,
                          tuple(sorted(model_reference.items())),
@@ -182,6 +201,8 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
                               f"valid: {', '.join(spec.options)}")
         if "grid" in options and not isinstance(options["grid"], str):
             raise ConfigError(f"{where}: grid must be a name in a config, got {options['grid']!r}")
+        if "label" in s:
+            check_name(s["label"], f"{where} label")
         nfe_override = _int_list(s["nfe"], f"{where} nfe", 1) if "nfe" in s else None
         series.append(SeriesSpec(spec.name, options, nfe_override, s.get("label", "")))
     if not series:
@@ -198,7 +219,8 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
     for flag in ("save_samples", "compile"):
         if not isinstance(run.get(flag, False), bool):
             raise ConfigError(f"[run] {flag} must be true or false, got {run[flag]!r}")
-    return SweepConfig(name=run.get("name", Path(source).stem), models=models, samplers=series, nfe=nfe,
+    name = check_name(run["name"], "[run] name") if "name" in run else Path(source).stem
+    return SweepConfig(name=name, models=models, samplers=series, nfe=nfe,
                        seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,
                        metrics=list(metrics), reference=dict(reference),
                        save_samples=run.get("save_samples", False), compile=run.get("compile", False))

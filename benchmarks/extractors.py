@@ -64,9 +64,8 @@ class DigitsClassifierFeatures(_OneLayerExtractor):
         super().__init__(name, features_list)
         from score_models import shipped
 
-        directory = shipped.DIRECTORY if feature_extractor_weights_path is None else \
-            __import__("pathlib").Path(feature_extractor_weights_path).parent
-        self.classifier = shipped.load_classifier("digits-classifier", directory)
+        # The shipped classifier, or the weights file given (read as tensors only).
+        self.classifier = shipped.load_classifier("digits-classifier", path=feature_extractor_weights_path)
 
     LAYER = "penultimate"
 

@@ -30,6 +30,7 @@ import torch
 
 import solvers
 from score_models.analytic import GaussianMixture
+from score_models.weights import load_tensors
 from score_models.distilled import ConsistencyModel, DistilledModel
 from score_models.parameterization import DiffusionModel
 
@@ -228,29 +229,62 @@ def cache_dir(reference: Dict[str, Any]) -> Path:
     return Path(root)
 
 
+#: torch-fidelity extractors whose weights nfebench reads itself and hands over as tensors (the
+#: module-level download hook of each is given the tensors): torch-fidelity would unpickle a
+#: weights path with weights_only=False, which runs any code a crafted file carries.
+_HANDED_OVER = {"inception-v3-compat": "torch_fidelity.feature_extractor_inceptionv3"}
+#: nfebench's own extractors (benchmarks/extractors.py) read their weights path safely themselves.
+_OWN_EXTRACTORS = ("pixels", "digits-classifier")
+
+
+def _download_hook(state_dict: Optional[Dict[str, torch.Tensor]]):
+    """A stand-in for torch.hub.load_state_dict_from_url: the given tensors, or the download read
+    back with weights_only=True."""
+    def load(url: str, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
+        if state_dict is not None:
+            return state_dict
+        from torch.hub import load_state_dict_from_url
+
+        return load_state_dict_from_url(url, progress=False, weights_only=True)
+    return load
+
+
 def make_extractor(reference: Dict[str, Any], device: torch.device):
     """A torch-fidelity feature extractor from [run.reference] (extractor, weights)."""
+    import importlib
+    from unittest import mock
+
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
 
     from . import extractors  # noqa: F401  (registers nfebench's own extractors)
 
     name = reference.get("extractor", "inception-v3-compat")
+    usable = sorted(set(_HANDED_OVER) | set(_OWN_EXTRACTORS))
     if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"unknown feature extractor {name!r}; valid: {', '.join(sorted(FEATURE_EXTRACTORS_REGISTRY))}")
+        raise ValueError(f"unknown feature extractor {name!r}; valid: {', '.join(usable)}")
+    if name not in usable:
+        raise ValueError(f"feature extractor {name!r} would load its weights with full unpickling; nfebench supports "
+                         f"{', '.join(usable)}")
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     kwargs: Dict[str, Any] = {"verbose": False}
     weights = reference.get("weights") or (os.environ.get(INCEPTION_ENV) if name.startswith("inception") else None)
-    if weights:
-        if not Path(weights).is_file():
-            raise ValueError(f"feature extractor weights {weights!r} do not exist")
-        kwargs["feature_extractor_weights_path"] = str(weights)
+    if weights and not Path(weights).is_file():
+        raise ValueError(f"feature extractor weights {weights!r} do not exist")
     layer = cls.get_default_feature_layer_for_metric("fid")
+    if name in _OWN_EXTRACTORS:
+        if weights:
+            kwargs["feature_extractor_weights_path"] = str(weights)
+        return name, layer, create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
+    state_dict = load_tensors(weights) if weights else None
+    module = importlib.import_module(_HANDED_OVER[name])
     try:
-        extractor = create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
+        with mock.patch.object(module, "load_state_dict_from_url", _download_hook(state_dict)):
+            extractor = create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
     except Exception as e:
         if weights:
-            raise
+            raise ValueError(f"feature extractor weights {weights!r} do not fit {name!r} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         raise RuntimeError(
             f"could not load the weights of feature extractor {name!r} ({type(e).__name__}: {e}). This machine may "
             f"be offline: download them once (for inception-v3-compat: "
@@ -301,7 +335,7 @@ class _FeatureDistance(Metric):
             return cell.cache[key]
         path = cache_dir(cell.reference) / f"features-{hashlib.sha256(ident.encode()).hexdigest()[:20]}.pt"
         if path.is_file():
-            feats = torch.load(path, weights_only=True)
+            feats = load_tensors(path)
         else:
             data = exact_data(cell, n)
             if data is None:

@@ -105,12 +105,12 @@ def _train_toy2d(dataset: str, steps: int, seed: int, quiet: bool) -> tuple[nn.M
     return ema, {"final_loss": loss, "settings": settings}
 
 
-def _toy2d_quality(name: str) -> Dict[str, float]:
+def _toy2d_quality(name: str, weights: Optional[Path] = None) -> Dict[str, float]:
     import solvers
     from benchmarks.metrics import sliced_wasserstein
     from score_models import zoo
 
-    model = zoo.load(name)
+    model = zoo.load(name, weights_dir=weights)
     n = 4000
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -184,7 +184,7 @@ def _train_digits_unet(steps: int, seed: int, quiet: bool) -> tuple[nn.Module, D
     return ema, {"final_loss": loss, "settings": settings}
 
 
-def digits_unet_quality(n_per_class: int = 100, seed: int = 0) -> Dict[str, float]:
+def digits_unet_quality(n_per_class: int = 100, seed: int = 0, weights: Optional[Path] = None) -> Dict[str, float]:
     """The card's figures: classifier accuracy on class-conditional 1000-step DDPM samples, FD
     (digits-classifier features) of unconditional samples vs the test split, and the FD between
     the train and test splits."""
@@ -193,7 +193,7 @@ def digits_unet_quality(n_per_class: int = 100, seed: int = 0) -> Dict[str, floa
     from score_models import zoo
 
     classifier = shipped.load_classifier("digits-classifier")
-    model = zoo.load("digits-unet")
+    model = zoo.load("digits-unet", weights_dir=weights)
     x_train, _ = digits("train")
     x_test, _ = digits("test")
     g = torch.Generator().manual_seed(seed)
@@ -233,24 +233,31 @@ _STUDENT_SETTINGS = {"digits-unet": dict(batch_size=128, lr=3e-4, ema=0.999),
                      "toy2d-moons": dict(batch_size=1024, lr=3e-4, ema=0.999)}
 
 
-def _train_distilled(base: str, student_steps: int, steps: int, seed: int, quiet: bool) -> tuple[nn.Module, Dict[str, Any]]:
-    from benchmarks.distill import progressive_distillation
+def _teacher(name: str, weights: Path):
+    """A teacher from the training output directory when it was trained there, else the shipped one."""
     from score_models import zoo
+
+    return zoo.load(name, weights_dir=weights if (Path(weights) / f"{name}.pt").is_file() else None)
+
+
+def _train_distilled(base: str, student_steps: int, steps: int, seed: int, quiet: bool,
+                     weights: Path) -> tuple[nn.Module, Dict[str, Any]]:
+    from benchmarks.distill import progressive_distillation
 
     teacher_name = base if student_steps == 16 else f"{base}-pd{2 * student_steps}"
     torch.manual_seed(seed)
-    model, info = progressive_distillation(zoo.load(teacher_name), student_steps, _training_data(base),
+    model, info = progressive_distillation(_teacher(teacher_name, weights), student_steps, _training_data(base),
                                            train_steps=steps, seed=seed, quiet=quiet, teacher_name=teacher_name,
                                            **_STUDENT_SETTINGS[base])
     return model.net, {"base": base, **info}
 
 
-def _train_consistency(base: str, distill: bool, steps: int, seed: int, quiet: bool) -> tuple[nn.Module, Dict[str, Any]]:
+def _train_consistency(base: str, distill: bool, steps: int, seed: int, quiet: bool,
+                       weights: Path) -> tuple[nn.Module, Dict[str, Any]]:
     from benchmarks.distill import consistency_distillation
-    from score_models import zoo
 
     torch.manual_seed(seed)
-    teacher = zoo.load(base)
+    teacher = _teacher(base, weights)
     data_fn = _training_data(base)
     # sigma_data: the training data's standard deviation (EDM's c_skip/c_out constant).
     sigma_data = float(data_fn(torch.Generator().manual_seed(seed), 4096).std())
@@ -263,7 +270,7 @@ def _train_consistency(base: str, distill: bool, steps: int, seed: int, quiet: b
     return model.net, {"base": base, **info}
 
 
-def student_quality(name: str, n: int = 2000, seed: int = 1) -> Dict[str, Any]:
+def student_quality(name: str, n: int = 2000, seed: int = 1, weights: Optional[Path] = None) -> Dict[str, Any]:
     """A card's quick figure: the student's samples at its own step count (consistency models at
     1, 2 and 4 NFE) against the reference data: sliced W2 (toy2d) or FD on digits-classifier
     features vs the test split (digits). The tables of ``nfebench run`` compare with the teacher."""
@@ -271,7 +278,7 @@ def student_quality(name: str, n: int = 2000, seed: int = 1) -> Dict[str, Any]:
     from benchmarks.metrics import frechet_distance, sliced_wasserstein
     from score_models import zoo
 
-    model = zoo.load(name)
+    model = zoo.load(name, weights_dir=weights)
     kind = zoo.student_kind(name)
     budgets = [model.steps] if kind == "distilled" else [1, 2, 4]
     digits_model = name.startswith("digits")
@@ -294,41 +301,57 @@ def student_quality(name: str, n: int = 2000, seed: int = 1) -> Dict[str, Any]:
 
 # --- registry -----------------------------------------------------------------------------------
 TRAINABLE: Dict[str, Dict[str, Any]] = {
-    **{f"toy2d-{d}": {"steps": 6000, "fn": (lambda d: lambda steps, seed, quiet: _train_toy2d(d, steps, seed, quiet))(d),
+    **{f"toy2d-{d}": {"steps": 6000, "fn": (lambda d: lambda steps, seed, quiet, weights: _train_toy2d(d, steps, seed, quiet))(d),
                       "data": f"toy2d:{d} (generated, seeded; score_models.data)", "kind": "diffusion"} for d in TOY2D},
-    "digits-classifier": {"steps": 3000, "fn": lambda steps, seed, quiet: _train_classifier(False, steps, seed, quiet),
+    "digits-classifier": {"steps": 3000, "fn": lambda steps, seed, quiet, weights: _train_classifier(False, steps, seed, quiet),
                           "data": "sklearn digits", "kind": "classifier"},
-    "digits-noisy-classifier": {"steps": 6000, "fn": lambda steps, seed, quiet: _train_classifier(True, steps, seed, quiet),
+    "digits-noisy-classifier": {"steps": 6000, "fn": lambda steps, seed, quiet, weights: _train_classifier(True, steps, seed, quiet),
                                 "data": "sklearn digits", "kind": "classifier"},
-    "digits-unet": {"steps": 12000, "fn": _train_digits_unet, "data": "sklearn digits", "kind": "diffusion"},
+    "digits-unet": {"steps": 12000, "fn": lambda steps, seed, quiet, weights: _train_digits_unet(steps, seed, quiet), "data": "sklearn digits", "kind": "diffusion"},
     # Students, in dependency order (each -pd<N> is distilled from -pd<2N>, -pd16 from the teacher
     # sampled with DDIM at 32 steps).
     **{f"{base}-pd{n}": {"steps": steps, "data": data, "kind": "student",
-                         "fn": (lambda base, n: lambda steps, seed, quiet: _train_distilled(base, n, steps, seed, quiet))(base, n)}
+                         "fn": (lambda base, n: lambda steps, seed, quiet, weights: _train_distilled(base, n, steps, seed, quiet,
+                                                                                       weights))(base, n)}
        for base, steps, data in (("digits-unet", 3000, "sklearn digits"),
                                  ("toy2d-moons", 2000, "toy2d:moons (generated, seeded; score_models.data)"))
        for n in (16, 8, 4, 2, 1)},
     "digits-unet-cd": {"steps": 4000, "data": "sklearn digits", "kind": "student",
-                       "fn": lambda steps, seed, quiet: _train_consistency("digits-unet", True, steps, seed, quiet)},
+                       "fn": lambda steps, seed, quiet, weights: _train_consistency("digits-unet", True, steps, seed, quiet, weights)},
     "toy2d-moons-cd": {"steps": 4000, "data": "toy2d:moons (generated, seeded; score_models.data)", "kind": "student",
-                       "fn": lambda steps, seed, quiet: _train_consistency("toy2d-moons", True, steps, seed, quiet)},
+                       "fn": lambda steps, seed, quiet, weights: _train_consistency("toy2d-moons", True, steps, seed, quiet, weights)},
     "toy2d-moons-ct": {"steps": 8000, "data": "toy2d:moons (generated, seeded; score_models.data)", "kind": "student",
-                       "fn": lambda steps, seed, quiet: _train_consistency("toy2d-moons", False, steps, seed, quiet)},
+                       "fn": lambda steps, seed, quiet, weights: _train_consistency("toy2d-moons", False, steps, seed, quiet, weights)},
 }
 
 
+#: Where ``nfebench train`` writes when no directory is given (relative to the working directory).
+DEFAULT_OUT = Path("trained")
+
+
 def train(name: str, steps: Optional[int] = None, seed: int = 0, out_dir: Optional[Path] = None,
-          quiet: bool = False, evaluate: bool = True) -> Dict[str, Any]:
-    """Train a shipped model, write ``<name>.pt`` (state dict) and ``<name>.json`` (its card)."""
+          quiet: bool = False, evaluate: bool = True, overwrite_shipped: bool = False) -> Dict[str, Any]:
+    """Train a shipped model, write ``<name>.pt`` (state dict) and ``<name>.json`` (its card) into
+    ``out_dir`` (default ``trained/``). Writing into the package's shipped/ directory, which
+    replaces a shipped checkpoint, needs ``overwrite_shipped=True``. A student's teacher is read
+    from ``out_dir`` when it was trained there, else from the package."""
     if name not in TRAINABLE:
         raise ValueError(f"unknown trainable model {name!r}; valid: {', '.join(TRAINABLE)}")
     spec = TRAINABLE[name]
     steps = spec["steps"] if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    out_dir = Path(out_dir) if out_dir is not None else shipped.DIRECTORY
+    if overwrite_shipped:
+        if out_dir is not None and Path(out_dir).resolve() != shipped.DIRECTORY:
+            raise ValueError(f"give --out or --overwrite-shipped, not both (--out {str(out_dir)!r})")
+        out_dir = shipped.DIRECTORY
+    out_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+    if out_dir.resolve() == shipped.DIRECTORY and not overwrite_shipped:
+        raise ValueError(f"{str(out_dir)!r} is the package's shipped/ directory; pass --overwrite-shipped to replace "
+                         f"a shipped checkpoint")
+    ensure_writable_directory(out_dir)
     start = time.perf_counter()
-    net, info = spec["fn"](steps, seed, quiet)
+    net, info = spec["fn"](steps, seed, quiet, out_dir)
     seconds = time.perf_counter() - start
     card = {"name": name, "data": spec["data"], "seed": seed, "steps": steps, "train_seconds": round(seconds, 1),
             "torch_threads": torch.get_num_threads(), "versions": _versions(),
@@ -338,12 +361,25 @@ def train(name: str, steps: Optional[int] = None, seed: int = 0, out_dir: Option
                          "random_state": DIGITS_SPLIT_SEED, "train": len(digits("train")[1]),
                          "test": len(digits("test")[1])}
     shipped.save(net, card, out_dir)
-    if evaluate and out_dir == shipped.DIRECTORY:
+    if evaluate:
         if name.startswith("toy2d") and spec["kind"] == "diffusion":
-            card["quality"] = _toy2d_quality(name)
+            card["quality"] = _toy2d_quality(name, out_dir)
         elif name == "digits-unet":
-            card["quality"] = digits_unet_quality()
+            card["quality"] = digits_unet_quality(weights=out_dir)
         elif spec["kind"] == "student":
-            card["quality"] = student_quality(name)
+            card["quality"] = student_quality(name, weights=out_dir)
         shipped.save(net, card, out_dir)
     return card
+
+
+def ensure_writable_directory(directory: Path) -> None:
+    """Create ``directory`` if needed and check that files can be written there, before any
+    expensive work; ValueError naming it otherwise."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write to {str(directory)!r}: {e.strerror or e}") from None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from pathlib import Path
 from typing import Callable, Dict, Union
 
 import torch
@@ -122,25 +123,24 @@ def _base_network(base: str) -> tuple:
     return net, schedule, shape, sample_data
 
 
-def _load_trained(name: str, base: str) -> tuple:
+def _load_trained(name: str, base: str, weights_dir: Path) -> tuple:
     from . import shipped
 
     net, schedule, shape, sample_data = _base_network(base)
-    net.load_state_dict(shipped.load_state(name))
-    return net.eval().requires_grad_(False), schedule, shape, sample_data
+    return shipped.load_into(net, name, weights_dir), schedule, shape, sample_data
 
 
-def _load_toy2d(dataset: str) -> DiffusionModel:
-    net, schedule, shape, sample_data = _load_trained(f"toy2d-{dataset}", f"toy2d-{dataset}")
+def _load_toy2d(dataset: str, weights_dir: Path) -> DiffusionModel:
+    net, schedule, shape, sample_data = _load_trained(f"toy2d-{dataset}", f"toy2d-{dataset}", weights_dir)
     return _attach_data(DiffusionModel(net, schedule, prediction="eps", sample_shape=shape), sample_data)
 
 
-def _load_digits(variant: str, scale: float) -> DiffusionModel:
+def _load_digits(variant: str, scale: float, weights_dir: Path) -> DiffusionModel:
     from . import shipped
     from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cycle_labels
     from .nets import NULL_CLASS
 
-    net, schedule, shape, sample_data = _load_trained("digits-unet", "digits-unet")
+    net, schedule, shape, sample_data = _load_trained("digits-unet", "digits-unet", weights_dir)
     base = DiffusionModel(net, schedule, prediction="eps", sample_shape=shape)
     if variant == "digits-unet":
         model = base
@@ -153,13 +153,13 @@ def _load_digits(variant: str, scale: float) -> DiffusionModel:
     return _attach_data(model, sample_data)
 
 
-def _load_student(name: str) -> DiffusionModel:
+def _load_student(name: str, weights_dir: Path) -> DiffusionModel:
     """A shipped few-step student; its card says what it is (see benchmarks/distill.py)."""
     from . import shipped
     from .distilled import ConsistencyModel, DistilledModel
 
-    info = shipped.card(name)
-    net, schedule, shape, sample_data = _load_trained(name, info["base"])
+    info = shipped.card(name, weights_dir)
+    net, schedule, shape, sample_data = _load_trained(name, info["base"], weights_dir)
     if info["kind"] == "progressive_distillation":
         model = DistilledModel(net, schedule, info["steps_student"], info["grid"], prediction=info["prediction"],
                                sample_shape=shape, teacher=info["teacher"])
@@ -210,30 +210,76 @@ class _DiffusersNet(torch.nn.Module):
         return out.sample if hasattr(out, "sample") else out[0]
 
 
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _diffusers_directory(source: str) -> Path:
+    """A local directory for ``source``: itself, or a hub id already in the local Hugging Face
+    cache (nothing is downloaded)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if source.startswith((".", "/", "~")) or path.suffix or "/" not in source:
+        raise ValueError(f"diffusers model directory {source!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:
+        raise ValueError(f"diffusers model {source!r} is neither a directory nor a hub id in the local Hugging Face "
+                         f"cache; this machine does not download: fetch it elsewhere and pass its directory") from None
+
+
+def _diffusers_state_dict(model_dir: Path) -> Dict[str, torch.Tensor]:
+    """The weights saved by diffusers' save_pretrained in ``model_dir`` (one file or a sharded
+    index; safetensors preferred), read by :func:`score_models.weights.load_tensors`."""
+    import json
+
+    from .weights import load_tensors
+
+    for name in _DIFFUSERS_WEIGHTS:
+        index = model_dir / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+                raise ValueError(f"{str(index)!r} is not a diffusers weights index ({e})") from None
+            state: Dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if not isinstance(shard, str) or Path(shard).name != shard:
+                    raise ValueError(f"{str(index)!r} names a shard outside its directory: {shard!r}")
+                state.update(load_tensors(model_dir / shard))
+            return state
+        if (model_dir / name).is_file():
+            return load_tensors(model_dir / name)
+    raise ValueError(f"no weights in {str(model_dir)!r}; expected one of {', '.join(_DIFFUSERS_WEIGHTS)} "
+                     f"(or a sharded .index.json)")
+
+
 def load_diffusers(source: str, device: Union[str, torch.device] = "cpu") -> DiffusionModel:
-    """A DiffusionModel from a diffusers directory or hub id (see the module docstring)."""
+    """A DiffusionModel from a diffusers directory or a locally cached hub id (see the module
+    docstring). The network is built from its config and its weights are read without
+    unpickling anything but tensors (diffusers' own from_pretrained is not used for that)."""
     try:
         import diffusers
     except ImportError as e:  # pragma: no cover - diffusers is an optional extra
         raise ValueError("diffusers: models need the diffusers extra: pip install 'nfebench[diffusers]'") from e
-    from pathlib import Path
+    from .weights import load_state_dict_into
 
     diffusers.utils.logging.set_verbosity_error()  # no advice to install accelerate on every load
-    path = Path(source)
-    local = path.is_dir()
-    if not local and (source.startswith((".", "/", "~")) or path.suffix or not "/" in source):
-        raise ValueError(f"diffusers model directory {source!r} does not exist")
-    is_pipeline = (path / "model_index.json").is_file() if local else True
-    model_dir, sched_dir = ("unet", "scheduler") if is_pipeline else (None, None)
+    root = _diffusers_directory(source)
+    is_pipeline = (root / "model_index.json").is_file()
+    model_dir, sched_dir = (root / "unet", root / "scheduler") if is_pipeline else (root, root)
     try:
-        sched_kwargs = {"subfolder": sched_dir} if sched_dir else {}
-        sched_config = diffusers.DDPMScheduler.load_config(source, **sched_kwargs)
-        model_config = diffusers.UNet2DModel.load_config(source, **({"subfolder": model_dir} if model_dir else {}))
-        cls = getattr(diffusers, model_config.get("_class_name", "UNet2DModel"))
-        module = cls.from_pretrained(source, **({"subfolder": model_dir} if model_dir else {}))
+        sched_config = diffusers.DDPMScheduler.load_config(sched_dir)
+        model_config = diffusers.UNet2DModel.load_config(model_dir)
     except (OSError, ValueError, EnvironmentError) as e:
-        where = "directory" if local else "hub id (no network here? download it and pass the local directory)"
-        raise ValueError(f"could not load diffusers model from {where} {source!r}: {e}") from None
+        raise ValueError(f"could not load diffusers model from directory {source!r}: {e}") from None
+    class_name = model_config.get("_class_name", "UNet2DModel")
+    cls = getattr(diffusers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise ValueError(f"{source!r}: unknown diffusers model class {class_name!r}")
+    module = load_state_dict_into(cls.from_config(model_config), _diffusers_state_dict(model_dir), where=str(model_dir))
     scheduler = diffusers.DDPMScheduler.from_config(sched_config)
     prediction = _DIFFUSERS_PREDICTIONS.get(sched_config.get("prediction_type", "epsilon"))
     if prediction is None:
@@ -249,21 +295,31 @@ def load_diffusers(source: str, device: Union[str, torch.device] = "cpu") -> Dif
                           learned_variance=learned)
 
 
-def load(name: str, schedule: Union[str, Schedule, None] = None) -> DiffusionModel:
+def load(name: str, schedule: Union[str, Schedule, None] = None,
+         weights_dir: Union[str, Path, None] = None) -> DiffusionModel:
     """Load a named model (see the module docstring). ``schedule`` (a name or a Schedule; default
-    vp_linear) applies to gmm: and python: models; shipped and diffusers models bring their own."""
+    vp_linear) applies to gmm: and python: models; shipped and diffusers models bring their own.
+    ``weights_dir``: a directory of checkpoints written by ``nfebench train`` to load a shipped
+    model's or student's own weights from, instead of the package's (a guidance classifier still
+    comes from the package)."""
     kind, _, rest = name.partition(":")
+    base_name, _, scale = name.partition("=")
+    shipped_model = base_name in SHIPPED or name in STUDENTS
+    if weights_dir is not None and not shipped_model:
+        raise ValueError(f"weights_dir applies to shipped models and students, not to {name!r}")
     if kind == "gmm" and rest in GMM_PRESETS:
         return GMM_PRESETS[rest](make_schedule(schedule or "vp_linear"))
     if kind == "python" and rest:
         return _load_python(rest, make_schedule(schedule or "vp_linear"))
-    base_name, _, scale = name.partition("=")
-    if schedule is not None and (kind == "diffusers" or base_name in SHIPPED or name in STUDENTS):
+    if schedule is not None and (kind == "diffusers" or shipped_model):
         raise ValueError(f"model {name!r} brings its own schedule; do not give schedule={schedule!r}")
     if kind == "diffusers" and rest:
         return load_diffusers(rest)
+    from . import shipped
+
+    directory = Path(weights_dir) if weights_dir is not None else shipped.DIRECTORY
     if name in STUDENTS:
-        return _load_student(name)
+        return _load_student(name, directory)
     if base_name in SHIPPED:
         if scale and base_name not in ("digits-unet-cfg", "digits-unet-cg"):
             raise ValueError(f"{base_name!r} takes no '=scale'; only digits-unet-cfg and digits-unet-cg do")
@@ -272,7 +328,7 @@ def load(name: str, schedule: Union[str, Schedule, None] = None) -> DiffusionMod
         except ValueError:
             raise ValueError(f"guidance scale in {name!r} must be a number") from None
         if base_name.startswith("toy2d-"):
-            return _load_toy2d(base_name[len("toy2d-"):])
-        return _load_digits(base_name, w)
+            return _load_toy2d(base_name[len("toy2d-"):], directory)
+        return _load_digits(base_name, w, directory)
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(available())}, python:<module>:<function>, "
                      f"diffusers:<dir or hub id>")

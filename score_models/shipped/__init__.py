@@ -1,7 +1,9 @@
 """Checkpoints of the shipped models (package data) and the code that saves and loads them.
 
-Each ``<name>.pt`` holds a state dict (loaded with ``weights_only=True``); ``<name>.json`` is its
-card. ``nfebench train <name>`` writes both.
+Each ``<name>.pt`` holds a state dict (read by :func:`score_models.weights.load_tensors`, which
+never unpickles anything but tensors); ``<name>.json`` is its card. ``nfebench train <name>``
+writes both (into a directory of the user's; ``--overwrite-shipped`` writes here). Every loader
+takes ``directory``: a directory of trained checkpoints in place of this package's.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from torch import nn
 
 DIRECTORY = Path(__file__).resolve().parent
 
-__all__ = ["DIRECTORY", "save", "card", "load_state", "load_classifier", "available"]
+from ..weights import load_state_dict_into, load_tensors
+
+__all__ = ["DIRECTORY", "save", "card", "checkpoint_path", "load_state", "load_into", "load_classifier", "available"]
 
 
 def available() -> list[str]:
@@ -41,21 +45,37 @@ def card(name: str, directory: Path = DIRECTORY) -> Dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"no card for {name!r} in {directory}; available: {', '.join(available()) or 'none'} "
                          f"(train it with: nfebench train {name})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"card {str(path)!r} is not valid JSON ({e})") from None
+
+
+def checkpoint_path(name: str, directory: Path = DIRECTORY) -> Path:
+    """``directory/<name>.pt``; ValueError naming what is there when it is missing."""
+    path = Path(directory) / f"{name}.pt"
+    if not path.is_file():
+        there = sorted(p.stem for p in Path(directory).glob("*.pt")) if Path(directory).is_dir() else []
+        raise ValueError(f"no checkpoint for {name!r} in {directory}; available there: {', '.join(there) or 'none'} "
+                         f"(train it with: nfebench train {name})")
+    return path
 
 
 def load_state(name: str, directory: Path = DIRECTORY) -> Dict[str, torch.Tensor]:
-    path = Path(directory) / f"{name}.pt"
-    if not path.is_file():
-        raise ValueError(f"no checkpoint for {name!r} in {directory}; available: {', '.join(available()) or 'none'} "
-                         f"(train it with: nfebench train {name})")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(checkpoint_path(name, directory))
 
 
-def load_classifier(name: str = "digits-classifier", directory: Path = DIRECTORY) -> nn.Module:
-    """The digits classifier (or the noisy one) in eval mode."""
+def load_into(net: nn.Module, name: str, directory: Path = DIRECTORY) -> nn.Module:
+    """``net`` with the checkpoint ``name`` loaded, in eval mode, without gradients."""
+    return load_state_dict_into(net, checkpoint_path(name, directory)).eval().requires_grad_(False)
+
+
+def load_classifier(name: str = "digits-classifier", directory: Path = DIRECTORY, path: Path | None = None) -> nn.Module:
+    """The digits classifier (or the noisy one) in eval mode, from ``directory/<name>.pt`` or from
+    the weights file ``path``."""
     from ..nets import DigitsClassifier
 
     net = DigitsClassifier(time_conditioned=name == "digits-noisy-classifier")
-    net.load_state_dict(load_state(name, directory))
-    return net.eval().requires_grad_(False)
+    if path is not None:
+        return load_state_dict_into(net, path).eval().requires_grad_(False)
+    return load_into(net, name, directory)
