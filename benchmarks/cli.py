@@ -17,7 +17,8 @@ __all__ = ["main"]
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .report import markdown_report, write_plots
-    from .runner import run_sweep, write_atomic
+    from .results import write_atomic
+    from .sweep import run_sweep
 
     cfg = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -36,18 +37,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import solvers
     from score_models import SCHEDULES, zoo
+    from solvers import catalogue
 
     from .metrics import METRICS
 
-    print("samplers:")
-    print(f"  {'name':<16} {'order':>5}  {'stochastic':<10}  NFE rule")
-    for name in solvers.available():
-        spec = solvers.get(name)
-        stoch = "yes" if spec.stochastic else ("optional" if spec.stochastic_if else "no")
-        print(f"  {name:<16} {spec.order_of({})!s:>5}  {stoch:<10}  {spec.nfe_rule}")
-        print(f"  {'':<16} {'':>5}  options: {', '.join(spec.options)}  [{spec.paper}]")
+    if args.readme:
+        changed = catalogue.update_readme(Path(args.readme))
+        print(f"{args.readme}: sampler table {'updated' if changed else 'already up to date'}")
+        return 0
+    if args.markdown:
+        print(catalogue.markdown_table())
+        return 0
+    print("samplers (N = steps, to_zero = the grid ends at sigma = 0):")
+    print("\n".join(catalogue.sampler_lines()))
     print("models:\n  " + "\n  ".join(zoo.available()))
     print("schedules:\n  " + ", ".join(SCHEDULES))
     print("metrics:\n  " + ", ".join(sorted(METRICS)))
@@ -55,7 +58,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _read_table(path: str):
-    from .runner import read_results
+    from .results import read_results
 
     p = Path(path)
     if not p.is_file():
@@ -90,7 +93,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .training import train
 
     card = train(args.model, steps=args.steps, seed=args.seed, out_dir=args.out, quiet=args.quiet,
                  evaluate=not args.no_eval, overwrite_shipped=args.overwrite_shipped)
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars, no table")
     run.set_defaults(func=_cmd_run)
     lst = sub.add_parser("list", help="samplers, models, schedules and metrics")
+    lst.add_argument("--markdown", action="store_true", help="print the README's sampler table")
+    lst.add_argument("--readme", metavar="README", help="rewrite the sampler table in this file")
     lst.set_defaults(func=_cmd_list)
     plot = sub.add_parser("plot", help="trade-off plots from a results.csv")
     plot.add_argument("results")

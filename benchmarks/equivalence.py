@@ -6,7 +6,7 @@ Two networks, each run through diffusers' own denoising loop and through our sam
 same latents (per-step noise from equally seeded generators):
 
 - ``gmm``: the exact eps of the image-shaped Gaussian mixture on diffusers' DDPM schedule, so the
-  samples live at data scale and max |diff| is an absolute figure (the issue's <= 1e-4);
+  samples live at data scale and max |diff| is an absolute figure (the tests ask <= 1e-4);
 - ``unet``: a small random UNet2DModel saved with save_pretrained and loaded back through
   ``zoo.load("diffusers:<dir>")``. Untrained, it drives samples to |x| ~ 10^2, so its max |diff|
   is read relative to max |x| (diffusers keeps alphas_cumprod in float32: ~1e-7 relative).
@@ -23,8 +23,9 @@ import torch
 
 import solvers
 from score_models import GaussianMixture, zoo
+from solvers import grids
 
-__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table"]
+__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table", "diffusers_loop"]
 
 
 def make_tiny_pipeline(directory: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -73,7 +74,7 @@ CASES: List[Case] = [
          "dpm_solver", dict(order=3, third_order_term="diffusers"), grid_from_diffusers=True),
 ]
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = grids.SPACINGS
 
 #: Cells where diffusers makes a choice our samplers do not reproduce, and why.
 NOT_COMPARABLE = {
@@ -93,7 +94,19 @@ def _quiet_diffusers() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
-def _diffusers_loop(pipe_dir: Path, case: Case, spacing: str, steps: int, latents: torch.Tensor,
+def diffusers_loop(scheduler: Any, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor,
+                   steps: int, **step_kwargs: Any) -> torch.Tensor:
+    """diffusers' own denoising loop with a configured scheduler: set_timesteps(steps), start from
+    latents x init_noise_sigma, then net(scale_model_input(x, t), t) and step() for each timestep."""
+    scheduler.set_timesteps(steps)
+    x = latents * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(net(scheduler.scale_model_input(x, t), t), t, x, **step_kwargs).prev_sample
+    return x
+
+
+def _diffusers_case(pipe_dir: Path, case: Case, spacing: str, steps: int, latents: torch.Tensor,
                     seed: int, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                     ) -> tuple[torch.Tensor, List[float], float]:
     import diffusers
@@ -101,14 +114,10 @@ def _diffusers_loop(pipe_dir: Path, case: Case, spacing: str, steps: int, latent
     base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
     cls = getattr(diffusers, case.scheduler)
     sched = cls.from_config({**base, "timestep_spacing": spacing, "clip_sample": False, **case.scheduler_config})
-    sched.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(seed)
-    x = latents * sched.init_noise_sigma
-    with torch.no_grad():
-        for t in sched.timesteps:
-            out = net(sched.scale_model_input(x, t), t)
-            kwargs = {"generator": generator} if case.scheduler in ("DDIMScheduler", "DDPMScheduler") else {}
-            x = sched.step(out, t, x, **kwargs, **case.step_kwargs).prev_sample
+    kwargs = dict(case.step_kwargs)
+    if case.scheduler in ("DDIMScheduler", "DDPMScheduler"):
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    x = diffusers_loop(sched, net, latents, steps, **kwargs)
     return x, [float(t) for t in sched.timesteps], float(sched.init_noise_sigma)
 
 
@@ -133,7 +142,7 @@ def run_case(pipe_dir: Path, case: Case, spacing: str, network: str = "gmm", ste
     _quiet_diffusers()
     latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
     model, net = _network(pipe_dir, network, dtype)
-    theirs, their_timesteps, init_sigma = _diffusers_loop(pipe_dir, case, spacing, steps, latents, seed, net)
+    theirs, their_timesteps, init_sigma = _diffusers_case(pipe_dir, case, spacing, steps, latents, seed, net)
     options = dict(case.options)
     noise = latents
     if case.scale_noise_like == "sigma":

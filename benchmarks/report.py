@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from .runner import RESULT_COLUMNS
+from .results import KEY_COLUMNS, RESULT_COLUMNS, write_bytes_atomic
 
 __all__ = ["metric_columns", "markdown_report", "write_plots", "compare", "student_table"]
 
@@ -85,14 +85,14 @@ def student_table(df: pd.DataFrame) -> str:
     """Markdown comparing each few-step student (a shipped distilled or consistency model) with
     its teacher in the same results: at the student's NFE, the best teacher series at that budget,
     and the teacher's converged value (its best series at its largest budget) with the gap."""
-    from score_models import shipped, zoo
+    from score_models import zoo
 
     ok = df[df["status"] == "ok"]
     rows = []
     for student in dict.fromkeys(ok["model"]):
-        if zoo.student_kind(student) is None:
+        teacher = zoo.base_teacher(student)
+        if teacher is None:
             continue
-        teacher = shipped.card(student)["base"]
         # The headline metric only: FID when the run has it for this pair, else sliced W2.
         pairs = [(m, pivot(ok, student, m), pivot(ok, teacher, m)) for m in ("fid", "sliced_wasserstein")
                  if m in df.columns]
@@ -177,10 +177,7 @@ def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=110)
             plt.close(fig)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(buf.getvalue())
-            tmp.replace(path)
+            write_bytes_atomic(path, buf.getvalue())
             written.append(path)
     return written
 
@@ -194,8 +191,7 @@ def compare(baseline: pd.DataFrame, new: pd.DataFrame, tolerance: float = 0.05, 
     baseline * time_tolerance. Cells whose baseline wall time is under ``min_time`` seconds are
     not time-gated: at that scale timer and scheduler noise dominate.
     """
-    key = ["model", "series", "nfe_budget", "seed"]
-    merged = baseline.merge(new, on=key, how="left", suffixes=("_base", "_new"), indicator=True)
+    merged = baseline.merge(new, on=KEY_COLUMNS, how="left", suffixes=("_base", "_new"), indicator=True)
     problems = []
     for _, r in merged.iterrows():
         cell = f"{r['model']} | {r['series']} | nfe={r['nfe_budget']} | seed={r['seed']}"

@@ -23,18 +23,46 @@ import torch
 from .parameterization import DiffusionModel
 from .schedules import Schedule, TimeLike
 
-__all__ = ["DistilledModel", "ConsistencyModel", "consistency_scalings", "DISTILLATION_GRIDS"]
+__all__ = ["DistilledModel", "ConsistencyModel", "consistency_scalings", "nested_times", "DISTILLATION_GRIDS"]
 
 #: Grids a progressive-distillation chain can use: t = G(i/N) for i = 0..N from t_max to t_data,
 #: nested so that the teacher's 2N-step grid refines the student's N-step grid.
 DISTILLATION_GRIDS = ("uniform", "quadratic")
 
 
+def nested_times(schedule: Schedule, n_steps: int, grid: str = "uniform") -> torch.Tensor:
+    """The n_steps + 1 times of a progressive-distillation chain: t = G(i / n_steps) from t_max to
+    t_data (sigma = 0), ``uniform`` (Salimans & Ho 2022, sec. 4: t_i = i/N) or ``quadratic``
+    (G(u) = t_data + (t_max - t_data)(1 - u)^2). The 2N-step grid contains the N-step grid, so
+    two teacher steps span exactly one student step."""
+    if grid not in DISTILLATION_GRIDS:
+        raise ValueError(f"unknown distillation grid {grid!r}; valid: {', '.join(DISTILLATION_GRIDS)}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if not math.isfinite(schedule.t_data):
+        raise ValueError(f"{schedule.name} never reaches sigma = 0 (t_data = {schedule.t_data}); "
+                         f"progressive distillation needs a schedule that does")
+    t_max, t_end = schedule.t_max, schedule.t_data
+    u = torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)
+    times = t_max + u * (t_end - t_max) if grid == "uniform" else t_end + (t_max - t_end) * (1.0 - u) ** 2
+    times[0], times[-1] = t_max, t_end  # exact ends despite round-off
+    try:
+        schedule.check_times(times[:-1], "grid time")
+        if not bool((schedule.sigma_tilde(times)[1:] < schedule.sigma_tilde(times)[:-1]).all()):
+            raise ValueError("its noise levels do not decrease strictly")
+    except ValueError as e:
+        raise ValueError(f"the {grid} distillation grid of {n_steps} steps is not valid on {schedule.name}: {e}") from None
+    return times
+
+
 class DistilledModel(DiffusionModel):
     """A progressively distilled student (Salimans & Ho 2022, Algorithm 2): ``steps`` DDIM steps
-    on the nested ``grid`` from t_max to t_data (see ``solvers.grids.nested_times``).
+    on the nested ``grid`` from t_max to t_data (:func:`nested_times`), which it declares as its
+    own grid; its native sampler is ``distilled``.
 
     ``teacher``: the name of the model it was distilled from (for reports)."""
+
+    native_samplers = ("distilled",)
 
     def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, steps: int, grid: str = "uniform",
                  prediction: str = "v", sample_shape: Tuple[int, ...] | None = None, teacher: Optional[str] = None):
@@ -44,6 +72,11 @@ class DistilledModel(DiffusionModel):
             raise ValueError(f"unknown distillation grid {grid!r}; valid: {', '.join(DISTILLATION_GRIDS)}")
         super().__init__(net, schedule, prediction=prediction, sample_shape=sample_shape)
         self.steps, self.grid, self.teacher = int(steps), grid, teacher
+
+    def own_grid(self, n_steps: int) -> torch.Tensor:
+        if n_steps != self.steps:
+            raise ValueError(f"this student was distilled for {self.steps} steps (nfe={self.steps}); got nfe={n_steps}")
+        return nested_times(self.schedule, self.steps, self.grid)
 
     def __repr__(self) -> str:
         return f"DistilledModel(steps={self.steps}, grid={self.grid!r}, schedule={self.schedule!r})"
@@ -70,8 +103,13 @@ class ConsistencyModel(DiffusionModel):
 
     ``sigma_min`` is the trajectory end sigma~_min (the teacher's sigma~ at t_min): f is only
     defined for sigma~ >= sigma_min. ``training``: "distillation" or "training" (CD or CT).
-    As a DiffusionModel its x0-prediction is f (prediction = "x0").
+    As a DiffusionModel its x0-prediction is f (prediction = "x0"), at noise level
+    ``denoised_sigma`` = sigma_min; its native sampler is ``consistency``, on grids that end at
+    t_min (``grid_defaults``: f maps to sigma_min, not to 0).
     """
+
+    native_samplers = ("consistency",)
+    grid_defaults = {"to_zero": False}
 
     def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, sigma_min: float, sigma_data: float,
                  sample_shape: Tuple[int, ...] | None = None, teacher: Optional[str] = None,
@@ -81,6 +119,10 @@ class ConsistencyModel(DiffusionModel):
         super().__init__(net, schedule, prediction="x0", sample_shape=sample_shape)
         self.sigma_min, self.sigma_data = float(sigma_min), float(sigma_data)
         self.teacher, self.training = teacher, training
+
+    @property
+    def denoised_sigma(self) -> float:
+        return self.sigma_min
 
     def _output(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, None]:
         c = self.coefficients(t, x)

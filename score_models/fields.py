@@ -54,12 +54,7 @@ class ScaledProbabilityFlowODE(torch.nn.Module):
                 f"adaptive solve needs more than {self.max_nfe} network evaluations "
                 f"({self.accepted_steps} steps accepted, {self.rejected_steps} rejected, "
                 f"stopped at sigma~={float(sigma_tilde):.4g}); raise nfe or loosen rtol/atol")
-        sched = self.model.schedule
-        s = as_time(sigma_tilde)
-        t = sched.t_from_sigma_tilde(s)
-        alpha = per_sample(sched.alpha(t), x_tilde)
-        denoised = self.model.x0(alpha * x_tilde, t)
-        return (x_tilde - denoised) / float(s)
+        return (x_tilde - self.model.denoiser(x_tilde, sigma_tilde)) / float(sigma_tilde)
 
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.accepted_steps += 1

@@ -18,7 +18,7 @@ are exact for any alpha, sigma (v uses alpha^2 + sigma^2, so it works off VP sch
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
@@ -110,7 +110,17 @@ class DiffusionModel:
     Every call of the network is counted in ``nfe`` (one per batched call); ``reset_nfe()``
     zeroes it. Conditioning (e.g. ``class_labels=y``) passes through as keyword arguments, or
     is bound once with :meth:`with_condition`.
+
+    A model also says how it is meant to be sampled, for the samplers and sweeps to read rather
+    than inspect its type: ``native_samplers`` (a few-step student is run only by these, and they
+    run only models that name them), ``own_grid`` (a model trained for one fixed grid returns it),
+    ``grid_defaults`` (grid options it prefers, e.g. where its chain ends) and ``denoised_sigma``
+    (the noise level sigma~ of its x0-prediction: 0 for a denoiser).
     """
+
+    native_samplers: Tuple[str, ...] = ()
+    grid_defaults: Dict[str, Any] = {}
+    denoised_sigma: float = 0.0
 
     def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps",
                  sample_shape: Tuple[int, ...] | None = None, learned_variance: bool = False):
@@ -135,6 +145,10 @@ class DiffusionModel:
         self.cache_times = True
         self._coefficient_cache: dict = {}
         self._time_input_cache: dict = {}
+
+    def own_grid(self, n_steps: int) -> torch.Tensor | None:
+        """The n_steps + 1 times this model must be sampled on, if it fixes them (None: any grid)."""
+        return None
 
     # --- counting ------------------------------------------------------------------------
     @property

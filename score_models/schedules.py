@@ -58,6 +58,9 @@ class Schedule(abc.ABC):
     t_data: float
     prior_std: float
     variance_preserving: bool = False
+    #: number of training timesteps of a discrete schedule (the network's time input is an
+    #: integer timestep); None for continuous-time schedules
+    num_train_timesteps: int | None = None
 
     # --- primitives every schedule defines ---------------------------------------------------
     @abc.abstractmethod
@@ -110,6 +113,19 @@ class Schedule(abc.ABC):
         alpha = 1 schedules (VE, EDM), so starting below sigma_max stays consistent."""
         return self.prior_std
 
+    def midpoint_time(self, t: TimeLike, s: TimeLike) -> torch.Tensor:
+        """The time halfway from t to s. A step onto t_data = -inf (VE) is halved in sigma~."""
+        t, s = as_time(t), as_time(s)
+        if math.isinf(float(s)):
+            return self.t_from_sigma_tilde(0.5 * self.sigma_tilde(t))
+        return 0.5 * (t + s)
+
+    def corrector_alpha(self, t: TimeLike) -> torch.Tensor:
+        """score-SDE's alpha_i in the Langevin corrector's step size (Song et al. 2021,
+        Algorithm 5): 1 - beta_i of one step of the discretised forward process for VP schedules,
+        1 for the others (Algorithm 4)."""
+        return torch.ones_like(as_time(t))
+
     def net_input(self, t: TimeLike) -> torch.Tensor:
         """The time value the network is called with (the schedule's own units)."""
         return as_time(t)
@@ -141,6 +157,12 @@ class _VPMixin:
 
     variance_preserving = True
     prior_std = 1.0
+    #: time length of one step of the discretised forward process in corrector_alpha: score-SDE
+    #: discretises continuous VP schedules with N = 1000 steps; a discrete schedule's step is 1
+    discretisation_step = 1e-3
+
+    def corrector_alpha(self, t: TimeLike) -> torch.Tensor:
+        return 1.0 - self.g2(t) * self.discretisation_step
 
     def alpha(self, t: TimeLike) -> torch.Tensor:
         return torch.exp(self.log_alpha(t))
@@ -261,6 +283,7 @@ class DiscreteVP(_VPMixin, Schedule):
 
     name = "discrete_vp"
     t_data = -1.0
+    discretisation_step = 1.0
 
     def __init__(self, *, betas: torch.Tensor | None = None, alphas_cumprod: torch.Tensor | None = None):
         if (betas is None) == (alphas_cumprod is None):
@@ -303,6 +326,14 @@ class DiscreteVP(_VPMixin, Schedule):
         n = num_train_timesteps
         b = [min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)]
         return cls(betas=torch.tensor(b, dtype=torch.float64))
+
+    def midpoint_time(self, t: TimeLike, s: TimeLike) -> torch.Tensor:
+        """Between two integer timesteps, the integer timestep t - floor((t - s)/2): the network
+        was trained on integers (diffusers' PNDMScheduler does the same)."""
+        t, s = as_time(t), as_time(s)
+        if float(t).is_integer() and float(s).is_integer():
+            return t - math.floor(float(t - s) / 2)
+        return super().midpoint_time(t, s)
 
     def _segment(self, t: torch.Tensor) -> torch.Tensor:
         idx = torch.searchsorted(self._knots_t, t.contiguous(), right=True) - 1

@@ -37,7 +37,7 @@ from .analytic import GaussianMixture
 from .parameterization import DiffusionModel
 from .schedules import SCHEDULES, DiscreteVP, Schedule
 
-__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule", "STUDENTS", "student_kind", "is_known"]
+__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule", "STUDENTS", "base_teacher"]
 
 
 def _ring8(schedule: Schedule) -> GaussianMixture:
@@ -154,7 +154,7 @@ def _load_digits(variant: str, scale: float, weights_dir: Path) -> DiffusionMode
 
 
 def _load_student(name: str, weights_dir: Path) -> DiffusionModel:
-    """A shipped few-step student; its card says what it is (see benchmarks/distill.py)."""
+    """A shipped few-step student; its card says what it is (see benchmarks/training/)."""
     from . import shipped
     from .distilled import ConsistencyModel, DistilledModel
 
@@ -169,18 +169,14 @@ def _load_student(name: str, weights_dir: Path) -> DiffusionModel:
     return _attach_data(model, sample_data)
 
 
-def is_known(name: str) -> bool:
-    """Whether ``name`` is a preset or shipped model (whose kind this module knows)."""
-    kind, _, rest = name.partition(":")
-    return (kind == "gmm" and rest in GMM_PRESETS) or name.partition("=")[0] in SHIPPED or name in STUDENTS
-
-
-def student_kind(name: str) -> str | None:
-    """"distilled" or "consistency" for a shipped student's name, else None (a teacher, or a
-    model this zoo cannot tell without loading it)."""
+def base_teacher(name: str) -> str | None:
+    """The diffusion model a shipped student was distilled from (its card's ``base``), or None
+    for anything that is not a shipped student."""
     if name not in STUDENTS:
         return None
-    return "consistency" if name.endswith(("-cd", "-ct")) else "distilled"
+    from . import shipped
+
+    return shipped.card(name).get("base")
 
 
 def _load_python(spec: str, schedule: Schedule) -> DiffusionModel:

@@ -2,17 +2,19 @@
 
     x0 = solvers.sample("heun", model, noise, nfe=35, generator=g)
     solvers.available()          # registered names
-    solvers.get("heun").nfe_rule # metadata
+    solvers.get("heun").nfe      # metadata: the NFE rule, order, options, paper
+
+Samplers live in :mod:`solvers.samplers`, one family per module, each registered where it is
+defined; every module there is discovered on first use.
 """
 from score_models.fields import NFEBudgetExceeded
 
 from . import grids
 from .grids import GRIDS, time_grid
-from .registry import GRID_OPTIONS, SamplerSpec, available, get, register, sample
-from .ode import euler, heun, rk45
-from .sde import euler_maruyama
+from .registry import GRID_OPTIONS, SamplerSpec, available, get, register
+from .sampling import MAX_NFE, sample
 
 __all__ = [
     "sample", "available", "get", "register", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
-    "euler", "heun", "rk45", "euler_maruyama", "NFEBudgetExceeded",
+    "MAX_NFE", "NFEBudgetExceeded",
 ]

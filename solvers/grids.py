@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-from score_models.distilled import DISTILLATION_GRIDS
+from score_models.distilled import nested_times  # noqa: F401  (a student's grid, declared with the student)
 from score_models.schedules import Schedule, as_time
 
 GRIDS = ("uniform", "quadratic", "edm", "logsnr")
@@ -90,7 +90,7 @@ def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *
     (``to_zero``, diffusers' ``set_alpha_to_one``) or by timestep 0 unless already there.
     """
     if spacing is not None:
-        if getattr(schedule, "num_train_timesteps", None) is None:
+        if schedule.num_train_timesteps is None:
             raise ValueError(f"spacing={spacing!r} needs a discrete schedule with training timesteps "
                              f"(DiscreteVP), not {schedule.name}; use grid= instead")
         ts = discrete_timesteps(schedule.num_train_timesteps, n_steps, spacing, steps_offset)
@@ -130,22 +130,3 @@ def check_grid(schedule: Schedule, times: torch.Tensor) -> torch.Tensor:
     if not bool((sig[1:] < sig[:-1]).all()):
         raise ValueError("grid times must go from high noise to low noise, strictly")
     return times
-
-
-def nested_times(schedule: Schedule, n_steps: int, grid: str = "uniform") -> torch.Tensor:
-    """The n_steps + 1 times of a progressive-distillation chain: t = G(i / n_steps) from t_max to
-    t_data (sigma = 0), ``uniform`` (Salimans & Ho 2022, sec. 4: t_i = i/N) or ``quadratic``
-    (G(u) = t_data + (t_max - t_data)(1 - u)^2). The 2N-step grid contains the N-step grid, so
-    two teacher steps span exactly one student step."""
-    if grid not in DISTILLATION_GRIDS:
-        raise ValueError(f"unknown distillation grid {grid!r}; valid: {', '.join(DISTILLATION_GRIDS)}")
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if not torch.isfinite(torch.tensor(schedule.t_data)):
-        raise ValueError(f"{schedule.name} never reaches sigma = 0 (t_data = {schedule.t_data}); "
-                         f"progressive distillation needs a schedule that does")
-    times = spaced_times(schedule, n_steps + 1, grid, schedule.t_max, schedule.t_data)
-    try:
-        return check_grid(schedule, times)
-    except ValueError as e:
-        raise ValueError(f"the {grid} distillation grid of {n_steps} steps is not valid on {schedule.name}: {e}") from None

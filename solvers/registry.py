@@ -1,58 +1,74 @@
-"""The sampler registry: every sampler declared once with its order, stochasticity, NFE rule
-and options, validated when registered, and the one entry point :func:`sample`."""
+"""The sampler registry: every sampler declared once, where it is defined, with its order, NFE
+rule, stochasticity and options, validated when registered.
+
+A sampler is a function ``fn(model, x_T, times, *, <options>, generator=None)`` decorated with
+:func:`register`. Its keyword options (with their defaults) come from its signature; its NFE
+count and convergence order are :class:`~solvers.rules.Rule` expressions, so the code that counts
+and the text that ``nfebench list`` and the README print are one thing. Every module of the
+:mod:`solvers.samplers` package is imported on first use, so a new sampler is one new file there.
+"""
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from score_models.parameterization import DiffusionModel
-
-from .grids import time_grid
+from .rules import Rule
 
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
 GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset")
 #: Arguments every sampler function takes and that are not user options.
 _POSITIONAL = ("model", "x_T", "times")
 _PLUMBING = ("generator", "max_nfe", "stats")
+#: Variables of an NFE rule besides the sampler's options: the number of steps (grid intervals)
+#: and whether the grid ends at sigma = 0.
+NFE_VARIABLES = ("N", "to_zero")
 
-__all__ = ["SamplerSpec", "register", "get", "available", "sample", "GRID_OPTIONS"]
+__all__ = ["SamplerSpec", "register", "get", "available", "GRID_OPTIONS", "NFE_VARIABLES"]
+
+RuleLike = Union[Rule, str, float, int, None]
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """What the suite knows about a sampler.
+    """What the suite knows about a sampler (built by :func:`register`).
 
-    ``nfe_for_steps(n_steps, ends_at_data, options)`` is the exact network-evaluation count of
-    a fixed-step sampler over a grid of n_steps intervals (ends_at_data: the last time is
-    sigma = 0; options: the sampler's options with defaults filled in); None marks an adaptive
-    sampler, for which ``nfe`` is a cap. ``order`` is a number or a function of the options.
+    - ``nfe``: the exact network-evaluation count of a fixed-step sampler over a grid of N
+      intervals, a rule in N, to_zero and the options; None for an adaptive sampler, whose
+      ``nfe`` budget is a cap.
+    - ``order``: the convergence order the sampler reaches on the exact mixtures' PF-ODE with its
+      default grid (a rule in the options); None where it is not a discretisation of the ODE.
+      ``order_note`` says why it is below the method's nominal order where it is.
+    - ``variants``: option sets besides the defaults that the registry-wide tests also run
+      (counted NFE and, for deterministic ones, the fitted order).
+    - ``exclusive``: the sampler runs only on models that name it in their ``native_samplers``
+      (few-step students); sweeps pair them accordingly.
     """
 
     name: str
     fn: Callable[..., torch.Tensor]
-    order: Any
+    order: Optional[Rule]
     stochastic: bool
-    nfe_rule: str
-    nfe_for_steps: Optional[Callable[[int, bool, Dict[str, Any]], int]]
+    nfe: Optional[Rule]
     paper: str
+    summary: str
+    order_note: str = ""
+    nfe_note: str = ""
     default_grid: str = "edm"
     grid_options: Tuple[str, ...] = GRID_OPTIONS
     defaults: Dict[str, Any] = field(default_factory=dict)
-    stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None
+    stochastic_if: Optional[Rule] = None
+    variants: Tuple[Dict[str, Any], ...] = ()
     reports_stats: bool = False  # the function takes stats= and fills it
-    default_to_zero: bool = True  # the grid's to_zero when the user gives none
-    #: samplers bound to a model's own grid (a distilled student): (model, n_steps) -> times
-    times_from_model: Optional[Callable[[Any, int], torch.Tensor]] = None
-    #: the kind of few-step student this sampler runs ("distilled", "consistency"), None for
-    #: samplers of diffusion models; the benchmark pairs each with its own models only
-    student: Optional[str] = None
+    exclusive: bool = False
 
     @property
     def adaptive(self) -> bool:
-        return self.nfe_for_steps is None
+        return self.nfe is None
 
     @property
     def options(self) -> Tuple[str, ...]:
@@ -65,42 +81,63 @@ class SamplerSpec:
         return self.stochastic or bool(self.stochastic_if and self.stochastic_if(self.with_defaults(options)))
 
     def order_of(self, options: Dict[str, Any]) -> Optional[float]:
-        return self.order(self.with_defaults(options)) if callable(self.order) else self.order
+        return None if self.order is None else self.order(self.with_defaults(options))
 
-    def ends_at_data(self, options: Dict[str, Any]) -> bool:
-        """Whether the grid this sampler gets with these options ends at sigma = 0."""
-        return bool(options.get("to_zero", self.default_to_zero))
+    def grid_settings(self, options: Dict[str, Any], model: Any = None) -> Dict[str, Any]:
+        """The grid options in ``options`` over the ones the model declares (``grid_defaults``:
+        a consistency model's chain ends at sigma_min, not 0), restricted to this sampler's."""
+        declared = getattr(model, "grid_defaults", {}) if model is not None else {}
+        merged = {**declared, **options}
+        return {k: merged[k] for k in self.grid_options if k in merged}
+
+    def ends_at_data(self, options: Dict[str, Any], model: Any = None) -> bool:
+        """Whether the grid this sampler gets with these options (on this model) ends at sigma = 0."""
+        return bool(self.grid_settings(options, model).get("to_zero", True))
 
     def count(self, n_steps: int, ends_at_data: bool, options: Dict[str, Any]) -> int:
         """Exact NFE over a grid of n_steps intervals."""
-        assert self.nfe_for_steps is not None
-        return self.nfe_for_steps(n_steps, ends_at_data, self.with_defaults(options))
+        if self.nfe is None:
+            raise ValueError(f"{self.name} is adaptive: its NFE is counted, not given by a rule")
+        return int(self.nfe({"N": n_steps, "to_zero": ends_at_data, **self.with_defaults(options)}))
 
     def steps_for_budget(self, nfe: int, ends_at_data: bool, options: Optional[Dict[str, Any]] = None) -> int:
-        """The most steps whose counted NFE stays within ``nfe`` (ValueError below the minimum)."""
+        """The most steps whose counted NFE stays within ``nfe`` (ValueError below the minimum).
+        Bisection over the step count: the rule is strictly increasing in N (checked at registration)."""
         options = options or {}
         minimum = self.count(1, ends_at_data, options)
         if nfe < minimum:
-            raise ValueError(f"{self.name} needs nfe >= {minimum} (got {nfe}); its rule: {self.nfe_rule}")
-        n = 1
-        while self.count(n + 1, ends_at_data, options) <= nfe:
-            n += 1
-        return n
+            raise ValueError(f"{self.name} needs nfe >= {minimum} (got {nfe}); its rule: NFE = {self.nfe}")
+        low, high = 1, 2  # count(low) <= nfe < count(high)
+        while self.count(high, ends_at_data, options) <= nfe:
+            low, high = high, 2 * high
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if self.count(mid, ends_at_data, options) <= nfe else (low, mid)
+        return low
 
 
 _REGISTRY: Dict[str, SamplerSpec] = {}
+_LOADED = False
 
 
-def register(name: str, *, order: Any, stochastic: bool, nfe_rule: str,
-             nfe_for_steps: Optional[Callable[[int, bool, Dict[str, Any]], int]], paper: str, default_grid: str = "edm",
-             grid_options: Tuple[str, ...] = GRID_OPTIONS,
-             stochastic_if: Optional[Callable[[Dict[str, Any]], bool]] = None, default_to_zero: bool = True,
-             times_from_model: Optional[Callable[[Any, int], torch.Tensor]] = None,
-             student: Optional[str] = None) -> Callable:
+def _as_rule(value: RuleLike, variables, what: str) -> Optional[Rule]:
+    if value is None or isinstance(value, Rule):
+        return value
+    return Rule(str(value), variables, what)
+
+
+def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, paper: str, order_note: str = "",
+             nfe_note: str = "", default_grid: str = "edm", grid_options: Tuple[str, ...] = GRID_OPTIONS,
+             stochastic_if: RuleLike = None, variants: Tuple[Dict[str, Any], ...] = (),
+             exclusive: bool = False) -> Callable:
     """Decorator declaring a sampler ``fn(model, x_T, times, *, <options>, generator=None)``.
 
-    Its keyword parameters (other than generator/max_nfe/stats) become its options, with their
-    defaults; registration checks the signature and the NFE rule's basic sanity.
+    ``nfe``: rule text in N (steps), to_zero and the options, e.g. ``"2*N - 1 if to_zero else
+    2*N"``; None for an adaptive sampler (which must accept ``max_nfe=``). ``order``: a number or
+    rule text in the options; None where there is no convergence order. ``stochastic_if``: rule
+    text in the options. Keyword parameters of ``fn`` other than generator/max_nfe/stats become
+    its options. Registration checks the signature, the rules, the variants and that the NFE rule
+    is >= 1 and strictly increasing in N.
     """
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -121,97 +158,62 @@ def register(name: str, *, order: Any, stochastic: bool, nfe_rule: str,
         clash = set(defaults) & set(GRID_OPTIONS)
         if clash:
             raise TypeError(f"{fn.__name__}: options {sorted(clash)} clash with grid options")
-        if nfe_for_steps is None and "max_nfe" not in params:
+        if nfe is None and "max_nfe" not in params:
             raise TypeError(f"adaptive sampler {name!r} must accept max_nfe=")
-        if nfe_for_steps is not None:
-            for ends in (True, False):
-                counts = [nfe_for_steps(n, ends, dict(defaults)) for n in range(1, 6)]
-                if counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
-                    raise ValueError(f"{name}: NFE rule must be >= 1 and strictly increasing in steps, got {counts}")
-        _REGISTRY[name] = SamplerSpec(name, fn, order, stochastic, nfe_rule, nfe_for_steps, paper,
-                                      default_grid, tuple(grid_options), defaults, stochastic_if,
-                                      reports_stats="stats" in params, default_to_zero=default_to_zero,
-                                      times_from_model=times_from_model, student=student)
+        if not (fn.__doc__ or "").strip():
+            raise TypeError(f"{fn.__name__} needs a docstring (its first sentence is the sampler's summary)")
+        for variant in variants:
+            unknown = set(variant) - set(defaults) - set(GRID_OPTIONS)
+            if unknown:
+                raise ValueError(f"{name}: variant {variant} names unknown options {sorted(unknown)}")
+        spec = SamplerSpec(
+            name, fn, _as_rule(order, defaults, f"{name} order"), stochastic,
+            _as_rule(nfe, tuple(defaults) + NFE_VARIABLES, f"{name} NFE rule"), paper,
+            summary=_summary(fn), order_note=order_note, nfe_note=nfe_note, default_grid=default_grid,
+            grid_options=tuple(grid_options), defaults=defaults,
+            stochastic_if=_as_rule(stochastic_if, defaults, f"{name} stochastic_if"), variants=tuple(variants),
+            reports_stats="stats" in params, exclusive=exclusive)
+        if not spec.adaptive:
+            for options in ({},) + spec.variants:
+                for ends in (True, False):
+                    counts = [spec.count(n, ends, options) for n in range(1, 7)]
+                    if counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
+                        raise ValueError(f"{name}: NFE rule {spec.nfe} must be >= 1 and strictly increasing in N, "
+                                         f"got {counts} with options {options}")
+        _REGISTRY[name] = spec
         return fn
 
     return wrap
 
 
+def _summary(fn: Callable) -> str:
+    """The first sentence of a docstring, on one line."""
+    text = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]
+
+
+def _load_samplers() -> None:
+    """Import every module of solvers.samplers once: each registers its samplers as it loads."""
+    global _LOADED
+    if _LOADED:
+        return
+    from . import samplers
+
+    for module in pkgutil.iter_modules(samplers.__path__):
+        importlib.import_module(f"{samplers.__name__}.{module.name}")
+    _LOADED = True
+
+
 def available() -> list[str]:
     """Names of all registered samplers, sorted."""
-    _load_builtin()
+    _load_samplers()
     return sorted(_REGISTRY)
 
 
 def get(name: str) -> SamplerSpec:
     """The :class:`SamplerSpec` of a registered sampler (ValueError naming the valid ones)."""
-    _load_builtin()
+    _load_samplers()
     if name not in _REGISTRY:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
-
-
-def _load_builtin() -> None:
-    # The built-in samplers register themselves on import.
-    from . import ddim, distilled, dpm_solver, multistep, ode, pc, sde  # noqa: F401
-
-
-def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[int] = None,
-           generator: Optional[torch.Generator] = None, stats: Optional[dict] = None,
-           **options: Any) -> torch.Tensor:
-    """Draw samples with a registered sampler from standard-normal ``noise``.
-
-    Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and
-    makes at most ``nfe`` network evaluations (exactly the registered rule's count for fixed-step
-    samplers; a cap for adaptive ones).
-    ``grid`` may be a name or a tensor of times (then ``nfe`` may be None). ``stats``, if given,
-    is filled with the counted ``nfe``, ``n_steps`` and anything the sampler reports.
-    """
-    spec = get(name)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; valid: {', '.join(spec.options) or 'none'}")
-    grid_kw = {k: options.pop(k) for k in spec.grid_options if k in options}
-    if "spacing" in grid_kw and "grid" in grid_kw:
-        raise ValueError(f"give grid= or spacing= (discrete timesteps), not both; got grid={grid_kw['grid']!r}, "
-                         f"spacing={grid_kw['spacing']!r}")
-    grid = grid_kw.pop("grid", None if "spacing" in grid_kw else spec.default_grid)
-    sched = model.schedule
-
-    if spec.adaptive:
-        # An adaptive solver integrates from t_max to t_min (then denoises if to_zero).
-        to_zero = spec.ends_at_data(grid_kw)
-        times = time_grid(sched, 2 if to_zero else 1, "uniform", **grid_kw)
-        n_steps = None
-    elif isinstance(grid, torch.Tensor):
-        if grid_kw:
-            raise ValueError(f"a tensor grid already fixes the times; drop {sorted(grid_kw)}")
-        times = time_grid(sched, grid.numel() - 1, grid)
-        n_steps = times.numel() - 1
-        need = spec.count(n_steps, bool(times[-1] == sched.t_data), options)
-        if nfe is not None and need > nfe:
-            raise ValueError(f"{name} on the given {n_steps}-step grid needs {need} NFE, more than nfe={nfe}")
-    else:
-        if nfe is None:
-            raise ValueError(f"{name} needs nfe= (or a tensor grid=)")
-        n_steps = spec.steps_for_budget(int(nfe), spec.ends_at_data(grid_kw), options)
-        if spec.times_from_model is not None:
-            times = spec.times_from_model(model, n_steps)
-        else:
-            times = time_grid(sched, n_steps, grid, **{"to_zero": spec.default_to_zero, **grid_kw})
-        n_steps = times.numel() - 1  # a discrete spacing may merge a duplicate final timestep
-
-    x_T = sched.prior_std_at(float(times[0])) * noise
-    extra: Dict[str, Any] = {}
-    if spec.adaptive:
-        extra["max_nfe"] = nfe
-    if spec.reports_stats:
-        extra["stats"] = stats
-    start, start_passes = model.nfe, model.network_passes
-    x = spec.fn(model, x_T, times, generator=generator, **extra, **options)
-    counted = model.nfe - start
-    if nfe is not None and counted > nfe:
-        raise RuntimeError(f"{name} made {counted} network evaluations, over its budget of {nfe}: a sampler bug")
-    if stats is not None:
-        stats.update(nfe=counted, n_steps=n_steps, network_passes=model.network_passes - start_passes)
-    return x

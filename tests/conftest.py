@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from score_models import EDM, VE, DiscreteVP, RectifiedFlow, VPCosine, VPLinear
 
 torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def all_schedules():

@@ -8,14 +8,14 @@ import torch
 
 import solvers
 from benchmarks.config import parse_config
-from benchmarks.distill import (consistency_distillation, consistency_sigmas, ct_schedule, distillation_target,
+from benchmarks.training import (consistency_distillation, consistency_sigmas, ct_schedule, distillation_target,
                                 progressive_distillation)
 from benchmarks.metrics import frechet_distance, sliced_wasserstein
-from benchmarks.runner import expand_cells
+from benchmarks.sweep import expand_cells
 from score_models import VE, DiffusionModel, DiscreteVP, VPLinear, shipped, zoo
 from score_models.data import toy2d
 from score_models.distilled import ConsistencyModel, DistilledModel, consistency_scalings
-from solvers.ddim import ddim
+from solvers.samplers.ddim import ddim
 from solvers.grids import nested_times
 
 TEACHER_SERIES = [("euler", {"grid": "edm"}), ("ddim", {"grid": "quadratic"}), ("ddim", {"grid": "uniform"}),
@@ -211,8 +211,9 @@ def test_students_get_their_own_sampler_and_teachers_keep_theirs():
 def test_shipped_students_load_as_what_their_cards_say(name):
     model = zoo.load(name)
     card = shipped.card(name)
-    kind = zoo.student_kind(name)
-    assert isinstance(model, DistilledModel if kind == "distilled" else ConsistencyModel)
+    kind = model.native_samplers[0]
+    assert isinstance(model, DistilledModel if card["kind"] == "progressive_distillation" else ConsistencyModel)
+    assert kind == ("distilled" if isinstance(model, DistilledModel) else "consistency")
     assert model.teacher == card["teacher"]
     nfe = model.steps if kind == "distilled" else 2
     stats = {}

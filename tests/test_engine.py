@@ -15,7 +15,7 @@ from scipy import linalg
 from benchmarks.cli import main
 from benchmarks.config import parse_config
 from benchmarks.metrics import make_extractor, to_uint8_images
-from benchmarks.runner import run_sweep
+from benchmarks.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -223,7 +223,7 @@ def test_inception_loads_from_a_local_weights_path(tmp_path, monkeypatch):
 
 def test_compile_option_is_validated_and_compiles_the_right_module():
     from benchmarks.config import ConfigError
-    from benchmarks.runner import compile_network
+    from benchmarks.sweep import compile_network
     from score_models import zoo
 
     base = {"run": {"nfe": [4]}, "models": [{"name": "gmm:ring8"}], "samplers": [{"sampler": "euler"}]}

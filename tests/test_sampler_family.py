@@ -11,7 +11,7 @@ from benchmarks.convergence import endpoint_errors, fitted_order
 from benchmarks.metrics import sliced_wasserstein
 from score_models import EDM, DiffusionModel, DiscreteVP, zoo
 from solvers.grids import discrete_timesteps, time_grid
-from solvers.multistep import ADAMS_BASHFORTH, variable_step_weights
+from solvers.samplers.multistep import ADAMS_BASHFORTH, variable_step_weights
 
 from conftest import rms
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import solvers
-from benchmarks.convergence import ORDER_CASES, endpoint_errors, fitted_order
+from benchmarks.convergence import endpoint_errors, fitted_order
 from score_models import EDM, DiscreteVP, NFEBudgetExceeded, ReverseSDE, RectifiedFlow, zoo
 from solvers.grids import time_grid
 
@@ -14,17 +14,25 @@ def noise_for(model, n=64, seed=0):
     return torch.randn((n,) + model.sample_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-# --- exact ground truth: convergence orders ------------------------------------------------
+# --- exact ground truth: the scaled-space solvers keep their order on every schedule ----------
+# (tests/test_registry.py checks every sampler's declared order under one set of conditions;
+# here Euler and Heun are checked across models and schedules on the full span.)
+ACROSS_SCHEDULES = {
+    "euler": ([32, 64, 128, 256], {"grid": "edm", "to_zero": False}),
+    "heun": ([32, 64, 128, 256], {"grid": "edm", "to_zero": False}),
+}
+
+
 @pytest.mark.parametrize("model_name", ["gmm:mix16d", "gmm:image3x8x8"])
 @pytest.mark.parametrize("schedule", ["vp_linear", "edm"])
-@pytest.mark.parametrize("sampler", sorted(ORDER_CASES))
+@pytest.mark.parametrize("sampler", sorted(ACROSS_SCHEDULES))
 def test_fitted_order_matches_the_method(model_name, schedule, sampler):
     model = zoo.load(model_name, schedule=schedule)
-    budgets, options = ORDER_CASES[sampler]
+    budgets, options = ACROSS_SCHEDULES[sampler]
     nfes, errors = endpoint_errors(sampler, model, noise_for(model), budgets, **options)
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     order = fitted_order(nfes, errors)
-    assert abs(order - solvers.get(sampler).order) <= 0.3, (order, errors)
+    assert abs(order - solvers.get(sampler).order_of(options)) <= 0.3, (order, errors)
 
 
 @pytest.mark.parametrize("schedule", ["vp_linear", "edm", "ddpm_linear"])
@@ -81,30 +89,6 @@ def test_heun_on_edm_is_karras_algorithm_1():
             x_next = x + (ts[i + 1] - ts[i]) * (0.5 * d + 0.5 * (x_next - model.x0(x_next, ts[i + 1])) / ts[i + 1])
         x = x_next
     assert rms(solvers.sample("heun", model, noise, nfe=2 * n - 1, grid="edm"), x) < 1e-10
-
-
-# --- counted NFE equals the registered formula -------------------------------------------------
-@pytest.mark.parametrize("name", solvers.available())
-def test_counted_nfe_equals_the_registered_rule(name):
-    model = zoo.load("gmm:ring8", schedule="vp_linear")
-    noise = torch.randn(16, 2)
-    spec = solvers.get(name)
-    for to_zero in (True, False):
-        for budget in (1, 2, 3, 7, 10, 25):
-            stats = {}
-            model.reset_nfe()
-            try:
-                solvers.sample(name, model, noise, nfe=budget, generator=torch.Generator().manual_seed(0),
-                               stats=stats, to_zero=to_zero)
-            except (ValueError, NFEBudgetExceeded):
-                # Below the minimum or an adaptive solve that needs more: nothing over budget ran.
-                assert model.nfe <= budget
-                continue
-            assert stats["nfe"] == model.nfe <= budget
-            if not spec.adaptive:
-                assert stats["nfe"] == spec.count(stats["n_steps"], to_zero, {})
-                best = max(n for n in range(1, budget + 1) if spec.count(n, to_zero, {}) <= budget)
-                assert stats["n_steps"] == best
 
 
 def test_heun_budget_conventions():
@@ -202,22 +186,6 @@ def test_errors_name_valid_choices():
         solvers.sample("rk45", model, noise, nfe=100, rtol=0.0)
 
 
-def test_registry_metadata_and_registration_checks():
-    for name in solvers.available():
-        spec = solvers.get(name)
-        assert spec.paper and spec.nfe_rule and spec.order is not None
-    with pytest.raises(ValueError, match="registered twice"):
-        solvers.register("euler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e, o: n,
-                         paper="x")(lambda model, x_T, times, *, generator=None: x_T)
-    with pytest.raises(TypeError, match="keyword-only with a default"):
-        solvers.register("bad_sampler", order=1, stochastic=False, nfe_rule="N", nfe_for_steps=lambda n, e, o: n,
-                         paper="x")(lambda model, x_T, times, k, *, generator=None: x_T)
-    with pytest.raises(ValueError, match="strictly increasing"):
-        solvers.register("bad_rule", order=1, stochastic=False, nfe_rule="1", nfe_for_steps=lambda n, e, o: 1,
-                         paper="x")(lambda model, x_T, times, *, generator=None: x_T)
-    assert "bad_sampler" not in solvers.available() and "bad_rule" not in solvers.available()
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_samplers_run_on_cuda_with_a_cpu_generator():
     model = zoo.load("gmm:image3x8x8", schedule="edm")
@@ -226,15 +194,6 @@ def test_samplers_run_on_cuda_with_a_cpu_generator():
         cpu = solvers.sample(name, model, noise, nfe=20, generator=torch.Generator().manual_seed(0))
         gpu = solvers.sample(name, model, noise.cuda(), nfe=20, generator=torch.Generator().manual_seed(0))
         assert gpu.device.type == "cuda" and rms(cpu, gpu.cpu()) < 1e-4
-
-
-@pytest.mark.slow
-def test_full_order_table_all_schedules():
-    """python -m benchmarks.convergence: every (model, schedule, sampler) within 0.3 of the order."""
-    from benchmarks.convergence import order_table
-
-    for row in order_table():
-        assert abs(row["order"] - row["expected"]) <= 0.3, row
 
 
 def test_a_tensor_grid_takes_no_other_grid_options():

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.cli import main
 from benchmarks.metrics import make_extractor
-from benchmarks.train import train
+from benchmarks.training import train
 from score_models import shipped, zoo
 from score_models.weights import load_tensors
 

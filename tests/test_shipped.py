@@ -8,7 +8,7 @@ import torch
 import solvers
 from benchmarks.cli import main
 from benchmarks.metrics import frechet_distance, make_extractor, to_uint8_images
-from benchmarks.train import TRAINABLE, train
+from benchmarks.training import TRAINABLE, train
 from score_models import DiffusionModel, DiscreteVP, shipped, zoo
 from score_models.data import TOY2D, digits, toy2d
 from score_models.guidance import ClassifierFreeGuidance, ClassifierGuidance, cycle_labels
@@ -112,7 +112,7 @@ def test_digits_unet_conditional_samples_are_recognisable():
 @pytest.mark.slow
 def test_digits_unet_card_figures_reproduce():
     """The card's gates recomputed: 1000-step DDPM, accuracy >= 90%, FD within 2x of train/test FD."""
-    from benchmarks.train import digits_unet_quality
+    from benchmarks.training import digits_unet_quality
 
     q = digits_unet_quality()
     assert q["classifier_accuracy_on_conditional_samples"] >= 0.90 and q["fd_ratio"] <= 2.0

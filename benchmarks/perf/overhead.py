@@ -23,25 +23,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 import solvers
+from benchmarks.timing import median_seconds
 from score_models import zoo
 
 __all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "compile_table", "median_time"]
 
 def fixed_step_samplers() -> List[str]:
-    """Every registered sampler of diffusion models with a fixed-step NFE rule (the students'
-    samplers need their own models; the distilled one is DDIM's loop, the consistency one a
-    plain evaluation loop)."""
-    return [name for name in solvers.available() if not solvers.get(name).adaptive and solvers.get(name).student is None]
+    """Every registered sampler with a fixed-step NFE rule that runs on any model (the exclusive
+    ones need their students; the distilled one is DDIM's loop, the consistency one a plain
+    evaluation loop)."""
+    return [name for name in solvers.available() if not solvers.get(name).adaptive and not solvers.get(name).exclusive]
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median wall time over ``repeats`` calls after a warm-up (on the CPU clock)."""
+    return median_seconds(fn, torch.device("cpu"), repeats)
 
 
 def _models() -> Dict[str, tuple]:
@@ -76,16 +72,13 @@ def overhead_table(nfe: int = 20, repeats: int = 5, samplers: Optional[Sequence[
     return rows
 
 
-def _diffusers_loop(scheduler_cls, config: Dict, steps: int, net, latents: torch.Tensor, train_config: Dict):
+def _diffusers_run(scheduler_cls: str, config: Dict, steps: int, net, latents: torch.Tensor, train_config: Dict):
     import diffusers
 
+    from benchmarks.equivalence import diffusers_loop
+
     sched = getattr(diffusers, scheduler_cls).from_config({**train_config, **config})
-    sched.set_timesteps(steps)
-    x = latents * sched.init_noise_sigma
-    for t in sched.timesteps:
-        out = net(sched.scale_model_input(x, t), t.expand(x.shape[0]).float())
-        x = sched.step(out, t, x).prev_sample
-    return x
+    return diffusers_loop(sched, lambda x, t: net(x, t.expand(x.shape[0]).float()), latents, steps)
 
 
 DIFFUSERS_CASES = [
@@ -115,7 +108,7 @@ def diffusers_table(steps: int = 20, repeats: int = 5) -> List[Dict]:
             nfe = spec.count(steps, True, options)
             with torch.inference_mode():
                 t_ours = median_time(lambda: solvers.sample(ours, model, latents, nfe=nfe, **options), repeats)
-                t_theirs = median_time(lambda: _diffusers_loop(cls, config, steps, model.net, latents, train_config),
+                t_theirs = median_time(lambda: _diffusers_run(cls, config, steps, model.net, latents, train_config),
                                        repeats)
             rows.append(dict(model=label, scheduler=case, sampler=ours, steps=steps, nfe=nfe, ours_s=t_ours,
                              diffusers_s=t_theirs, ratio=t_ours / t_theirs))

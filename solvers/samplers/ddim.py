@@ -6,26 +6,44 @@ Both step from t to s < t through the model's (x0, eps) at t. Written for any af
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from score_models.parameterization import DiffusionModel
+from score_models.schedules import TimeLike
 
-from .noise import randn_like
-from .registry import register
+from ..noise import randn_like
+from ..registry import register
 
-__all__ = ["ddim", "ddpm", "DDPM_VARIANCES"]
+__all__ = ["ddim", "ddim_step", "ddpm", "DDPM_VARIANCES"]
 
 DDPM_VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+Coefficient = Union[float, torch.Tensor]
 
 
-@register("ddim", order=1, stochastic=False, nfe_rule="N (one per step)",
-          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
-          default_grid="uniform", stochastic_if=lambda o: o["eta"] > 0)
+def ddim_step(model: DiffusionModel, x: torch.Tensor, t: TimeLike, alpha_s: Coefficient, sigma_s: Coefficient,
+              noise_std: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One DDIM step (Song et al. 2021a, eq. 12) from x at time t to the level (alpha_s, sigma_s):
+
+        x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,   c = ``noise_std``,
+
+    with (x0, eps) from one evaluation at t. The deterministic step (c = 0) also takes per-sample
+    times and coefficients (tensors shaped to broadcast), as the distillation trainers use it."""
+    x0, eps = model.x0_and_eps(x, t)
+    if noise_std == 0:
+        return alpha_s * x0 + sigma_s * eps
+    x = alpha_s * x0 + math.sqrt(max(0.0, sigma_s**2 - noise_std**2)) * eps
+    return x + noise_std * randn_like(x, generator)
+
+
+@register("ddim", order=1, stochastic=False, nfe="N", paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
+          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},))
 def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: float = 0.0,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """DDIM (Song et al. 2021a, eq. 12), step t -> s:
+    """DDIM on any sub-sequence of times; ``eta`` blends in DDPM's posterior noise.
+
+    Song et al. 2021a, eq. 12, step t -> s:
 
         x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
         c = eta sigma_s sqrt(1 - alpha_t^2 sigma_s^2 / (alpha_s^2 sigma_t^2)),
@@ -40,20 +58,19 @@ def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: 
     x = x_T
     for i in range(len(alphas) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        x0, eps = model.x0_and_eps(x, times[i])
         c = eta * s_s * math.sqrt(max(0.0, 1.0 - (a_t * s_s) ** 2 / (a_s * s_t) ** 2))
-        x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * eps
-        if c > 0:
-            x = x + c * randn_like(x, generator)
+        x = ddim_step(model, x, times[i], a_s, s_s, c, generator)
     return x
 
 
-@register("ddpm", order=0.5, stochastic=True, nfe_rule="N (one per step)",
-          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Ho, Jain & Abbeel 2020, Algorithm 2 and eq. 7",
-          default_grid="uniform")
+@register("ddpm", order=None, order_note="stochastic: tested on the distribution it samples",
+          stochastic=True, nfe="N", paper="Ho, Jain & Abbeel 2020, Algorithm 2 and eq. 7",
+          default_grid="uniform", variants=({"variance": "fixed_large"},))
 def ddpm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, variance: str = "fixed_small",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. 2020, Algorithm 2) over any sub-sequence of times, step t -> s:
+    """DDPM ancestral sampling over any sub-sequence of times; ``variance`` fixed or learned.
+
+    Ho et al. 2020, Algorithm 2, step t -> s:
     the Gaussian posterior q(x_s | x_t, x0) with x0 predicted (their eq. 7 with
     abar_t/abar_s in place of alpha_t, as in Nichol & Dhariwal 2021 sec. 4):
 

@@ -8,13 +8,13 @@ x~_t = (sigma~_t/sigma~_s) x~_s + (1 - sigma~_t/sigma~_s) D, i.e. DDIM. A step o
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from score_models.parameterization import DiffusionModel
 
-from .registry import register
+from ..registry import register
 
 __all__ = ["dpm_solver", "dpm_solver_singlestep", "ALGORITHMS", "THIRD_ORDER_TERMS"]
 
@@ -32,19 +32,94 @@ def _check(order: int, allowed: Tuple[int, ...], algorithm: Optional[str] = None
         raise ValueError(f"unknown algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
 
 
-@register("dpm_solver", order=lambda o: o["order"], stochastic=False, nfe_rule="N (one per step)",
-          nfe_for_steps=lambda n, e, o: n, default_grid="logsnr",
-          paper="Lu et al. 2022a (DPM-Solver) and 2022b (DPM-Solver++), multistep: Algorithm 2 and appendix")
+# --- multistep updates, one per (algorithm, order) ------------------------------------------------
+# Each takes the scaled state x~ at sigma~ = s, the target sigma~ = t, the step h = lambda_t -
+# lambda_s, the model outputs (D for ++, eps otherwise; newest last), the previous steps' lengths
+# as fractions of h (r0 = h_{i-1}/h, r1 = h_{i-2}/h) and the 3M second-difference weight.
+History = List[torch.Tensor]
+
+
+def _second_order_difference(history: History, ratios: Tuple[float, ...]) -> torch.Tensor:
+    """D1 = (m_0 - m_1)/r0 ~ h m'."""
+    return (history[-1] - history[-2]) / ratios[0]
+
+
+def _third_order_differences(history: History, ratios: Tuple[float, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(D1, D2) of Lu et al. 2022b, appendix (3M): D1 ~ h m', D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 m''/2."""
+    r0, r1 = ratios
+    d1_0 = (history[-1] - history[-2]) / r0
+    d1_1 = (history[-2] - history[-3]) / r1
+    return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+
+
+def _dpmsolverpp_1(x, s, t, h, history, ratios, d2_weight):
+    """DPM-Solver++(1) = DDIM: x~_t = (sigma~_t/sigma~_s) x~_s + (1 - sigma~_t/sigma~_s) D."""
+    return (t / s) * x + (1 - t / s) * history[-1]
+
+
+def _dpmsolverpp_2m(x, s, t, h, history, ratios, d2_weight):
+    """Lu et al. 2022b, Algorithm 2: D' = D_0 + D1/2, with phi_1 = e^{-h} - 1 = t/s - 1."""
+    phi_1 = math.expm1(-h)
+    return (t / s) * x - phi_1 * (history[-1] + 0.5 * _second_order_difference(history, ratios))
+
+
+def _dpmsolverpp_3m(x, s, t, h, history, ratios, d2_weight):
+    """Lu et al. 2022b, appendix: 3M in the data prediction."""
+    d1, d2 = _third_order_differences(history, ratios)
+    phi_1 = math.expm1(-h)
+    return (t / s) * x - phi_1 * history[-1] + (phi_1 / h + 1) * d1 - d2_weight * ((phi_1 + h) / h**2 - 0.5) * d2
+
+
+def _dpmsolver_1(x, s, t, h, history, ratios, d2_weight):
+    """DPM-Solver-1 = DDIM in the noise prediction: x~_t = x~_s - (sigma~_s - sigma~_t) eps."""
+    return x - (s - t) * history[-1]
+
+
+def _dpmsolver_2m(x, s, t, h, history, ratios, d2_weight):
+    """Lu et al. 2022a, multistep 2nd order in eps: sigma~_t (e^h - 1) = s - t."""
+    return x - (s - t) * (history[-1] + 0.5 * _second_order_difference(history, ratios))
+
+
+def _dpmsolver_3m(x, s, t, h, history, ratios, d2_weight):
+    """Lu et al. 2022a, multistep 3rd order in eps, with psi_1 = e^h - 1."""
+    d1, d2 = _third_order_differences(history, ratios)
+    psi_1 = math.expm1(h)
+    return x - (s - t) * history[-1] - t * (psi_1 / h - 1) * d1 - d2_weight * t * ((psi_1 - h) / h**2 - 0.5) * d2
+
+
+MULTISTEP_UPDATES: Dict[Tuple[str, int], Callable[..., torch.Tensor]] = {
+    ("dpmsolver++", 1): _dpmsolverpp_1, ("dpmsolver++", 2): _dpmsolverpp_2m, ("dpmsolver++", 3): _dpmsolverpp_3m,
+    ("dpmsolver", 1): _dpmsolver_1, ("dpmsolver", 2): _dpmsolver_2m, ("dpmsolver", 3): _dpmsolver_3m,
+}
+
+
+def _step_order(order: int, i: int, n_steps: int, lands_on_data: bool, lower_order_final: bool) -> int:
+    """The order of step i: warm-up min(order, i + 1); first order onto sigma = 0; with
+    lower_order_final and fewer than 15 steps, at most the number of steps left (diffusers'
+    DPMSolverMultistepScheduler; the original code used 10)."""
+    k = min(order, i + 1)
+    if lands_on_data:
+        return 1
+    if lower_order_final and n_steps < 15:
+        return min(k, n_steps - i)
+    return k
+
+
+@register("dpm_solver", order="1 if order == 1 else 2",
+          order_note="its first-order first step caps the order at 2 (3M reaches 3 when that step is at "
+                     "sigma_max, where the ODE is nearly linear)",
+          stochastic=False, nfe="N", default_grid="logsnr",
+          paper="Lu et al. 2022a (DPM-Solver) and 2022b (DPM-Solver++), multistep: Algorithm 2 and appendix",
+          variants=({"order": 1}, {"order": 3}, {"algorithm": "dpmsolver"},
+                    {"algorithm": "dpmsolver", "order": 3}, {"order": 3, "third_order_term": "diffusers"}))
 def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
                algorithm: str = "dpmsolver++", lower_order_final: bool = True, third_order_term: str = "exact",
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Multistep DPM-Solver of order 1-3. ``algorithm="dpmsolver++"`` extrapolates the data
-    prediction D (Lu et al. 2022b, Algorithm 2 for 2M; 3M from their appendix),
-    ``"dpmsolver"`` the noise prediction (Lu et al. 2022a, multistep variant).
+    """Multistep DPM-Solver(++) of order 1-3 in the data (++) or noise prediction.
 
-    Step i uses order min(order, i + 1) (warm-up). The step onto sigma = 0 is first order; with
-    ``lower_order_final`` and fewer than 15 steps the last steps use orders min(order, steps
-    left), as diffusers' DPMSolverMultistepScheduler (the original code used 10 steps).
+    ``algorithm="dpmsolver++"`` extrapolates the data prediction D (Lu et al. 2022b, Algorithm 2
+    for 2M; 3M from their appendix), ``"dpmsolver"`` the noise prediction (Lu et al. 2022a,
+    multistep variant); each (algorithm, order) is one update function above.
 
     3M: with D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 D''/2, a Taylor expansion of the exact
     x~_t = e^{-h} x~_s + int_0^h e^{-(h-u)} D(lambda_s + u) du asks for the weight
@@ -60,54 +135,27 @@ def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     sig, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
     lam = [-math.log(s) if s > 0 else math.inf for s in sig]
     n = len(sig) - 1
-    data = algorithm == "dpmsolver++"
-    outputs: List[torch.Tensor] = []  # D (++) or eps, newest last
+    history: History = []  # D (++) or eps, newest last
     x = x_T / alphas[0]
     for i in range(n):
-        s, t = sig[i], sig[i + 1]
         x0, eps = model.x0_and_eps(alphas[i] * x, times[i])
-        outputs = (outputs + [x0 if data else eps])[-3:]
-        k = min(order, i + 1)
-        if t == 0:
-            k = 1
-        elif lower_order_final and n < 15:
-            k = min(k, n - i)
-        m0 = outputs[-1]
-        if k == 1:
-            x = (t / s) * x + (1 - t / s) * m0 if data else x - (s - t) * m0
-        else:
-            h = lam[i + 1] - lam[i]
-            r0 = (lam[i] - lam[i - 1]) / h
-            d1_0 = (m0 - outputs[-2]) / r0
-            if k == 2:
-                d1, d2 = d1_0, None
-            else:
-                r1 = (lam[i - 1] - lam[i - 2]) / h
-                d1_1 = (outputs[-2] - outputs[-3]) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-            if data:
-                phi_1 = math.expm1(-h)  # e^{-h} - 1 = t/s - 1
-                if k == 2:  # Lu et al. 2022b, Algorithm 2: D' = D0 + D1/2
-                    x = (t / s) * x - phi_1 * (m0 + 0.5 * d1)
-                else:
-                    x = (t / s) * x - phi_1 * m0 + (phi_1 / h + 1) * d1 - d2_weight * ((phi_1 + h) / h**2 - 0.5) * d2
-            else:
-                psi_1 = math.expm1(h)  # e^{h} - 1; sigma~_t (e^h - 1) = s - t
-                if k == 2:
-                    x = x - (s - t) * (m0 + 0.5 * d1)
-                else:
-                    x = x - (s - t) * m0 - t * (psi_1 / h - 1) * d1 - d2_weight * t * ((psi_1 - h) / h**2 - 0.5) * d2
+        history = (history + [x0 if algorithm == "dpmsolver++" else eps])[-3:]
+        k = _step_order(order, i, n, sig[i + 1] == 0, lower_order_final)
+        h = lam[i + 1] - lam[i]
+        ratios = tuple((lam[i - j] - lam[i - j - 1]) / h for j in range(k - 1))
+        x = MULTISTEP_UPDATES[(algorithm, k)](x, sig[i], sig[i + 1], h, history, ratios, d2_weight)
     return alphas[-1] * x
 
 
-@register("dpm_solver_singlestep", order=lambda o: o["order"], stochastic=False,
-          nfe_rule="order x N, less (order-1) when the last step lands on sigma=0 (first order there)",
-          nfe_for_steps=lambda n, e, o: o["order"] * n - (o["order"] - 1 if e else 0), default_grid="logsnr",
+@register("dpm_solver_singlestep", order="order", stochastic=False,
+          nfe="order*N - (order - 1 if to_zero else 0)", nfe_note="the step onto sigma = 0 is first order",
+          default_grid="logsnr", variants=({"order": 3},),
           paper="Lu et al. 2022b, Algorithm 1 (DPM-Solver++(2S)); Lu et al. 2022a, Algorithm 2 (DPM-Solver-3)")
 def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Singlestep DPM-Solver++ in the data prediction: 2S (intermediate point at r1 = 1/2 of the
+    """Singlestep DPM-Solver++(2S) and DPM-Solver-3 in the data prediction, ``order`` NFE per step.
+
+    2S: intermediate point at r1 = 1/2 of the
     step in lambda) and 3S (points at r1 = 1/3, r2 = 2/3; the "dpmsolver" third-order update
     of Lu et al. 2022a written for D). ``order`` evaluations per step."""
     _check(order, (2, 3))

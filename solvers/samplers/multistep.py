@@ -8,14 +8,13 @@ three are Adams-Bashforth on dx~/dsigma~ = eps; they differ in warm-up and defau
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional
 
 import torch
 
 from score_models.parameterization import DiffusionModel
 
-from .registry import register
+from ..registry import register
 
 __all__ = ["pndm", "plms", "ipndm", "ADAMS_BASHFORTH", "variable_step_weights"]
 
@@ -62,31 +61,21 @@ def _transfer(x: torch.Tensor, eps: torch.Tensor, a_t: float, s_t: float, a_s: f
     return a_s * (x - s_t * eps) / a_t + s_s * eps
 
 
-def _midpoint(model: DiffusionModel, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Time halfway from t to s. On a discrete schedule it is an integer timestep, t - floor((t-s)/2),
-    since the network was trained on integers (diffusers' PNDMScheduler does the same); a step onto
-    t_data = -inf (VE) is halved in sigma~ instead."""
-    sched = model.schedule
-    if math.isinf(float(s)):
-        return sched.t_from_sigma_tilde(0.5 * sched.sigma_tilde(t))
-    if getattr(sched, "num_train_timesteps", None) is not None and float(t).is_integer() and float(s).is_integer():
-        return t - math.floor(float(t - s) / 2)
-    return 0.5 * (t + s)
+#: Why fixed-weight multistep samplers lose order on other grids (shared by their notes).
+_UNIFORM_GRID_NOTE = ("on a grid uniform in sigma~ (the default uniform grid on EDM); fixed Adams-Bashforth "
+                      "weights on other grids give 2")
 
 
-def _pndm_nfe(n: int, ends_at_data: bool, options: dict) -> int:
-    # A pseudo-RK step onto sigma = 0 would evaluate the network there: it is a DDIM step (1 NFE).
-    return 4 * min(n, 3) + max(n - 3, 0) - (3 if ends_at_data and n <= 3 else 0)
-
-
-@register("pndm", order=4, stochastic=False,
-          nfe_rule="S+9 for S >= 3 steps (3 pseudo-RK4 warm-up steps of 4 NFE), 4S below "
-                   "(a warm-up step onto sigma=0 is a 1-NFE DDIM step)",
-          nfe_for_steps=_pndm_nfe, paper="Liu et al. 2022 (PNDM), F-PNDM: eqs. 11-13 and Algorithm 2",
-          default_grid="uniform")
+@register("pndm", order=4, order_note=_UNIFORM_GRID_NOTE, stochastic=False,
+          nfe="4*min(N, 3) + max(N - 3, 0) - (3 if to_zero and N <= 3 else 0)",
+          nfe_note="3 pseudo-RK4 warm-up steps of 4 NFE, then 1 per step (S + 9); a warm-up step onto "
+                   "sigma = 0 is a 1-NFE DDIM step",
+          paper="Liu et al. 2022 (PNDM), F-PNDM: eqs. 11-13 and Algorithm 2", default_grid="uniform")
 def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """F-PNDM (Liu et al. 2022): three pseudo Runge-Kutta steps (eq. 13, four evaluations each,
+    """F-PNDM: 3 pseudo Runge-Kutta warm-up steps, then 4th-order pseudo linear multistep.
+
+    Liu et al. 2022: three pseudo Runge-Kutta steps (eq. 13, four evaluations each,
     half steps at the midpoint), then the pseudo linear multistep of eq. 12,
     e' = (55 e_t - 59 e_{t-1} + 37 e_{t-2} - 9 e_{t-3}) / 24, through the transfer phi.
     A warm-up step that lands on sigma = 0 is a plain DDIM step: the network is never called there."""
@@ -102,7 +91,7 @@ def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
             e_prime = e1 if i < 3 else _combine(history, 4)
         elif i < 3:
             # Pseudo Runge-Kutta (eq. 13): e1..e4 at t, mid, mid, s; e' = (e1 + 2 e2 + 2 e3 + e4)/6.
-            t_mid = _midpoint(model, times[i], times[i + 1])
+            t_mid = sched.midpoint_time(times[i], times[i + 1])
             a_m, s_m = float(sched.alpha(t_mid)), float(sched.sigma(t_mid))
             e2 = model.eps(_transfer(x, e1, a_t, s_t, a_m, s_m), t_mid)
             e3 = model.eps(_transfer(x, e2, a_t, s_t, a_m, s_m), t_mid)
@@ -118,13 +107,18 @@ def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
 PLMS_WARMUPS = ("lower_order", "improved_euler")
 
 
-@register("plms", order=4, stochastic=False,
-          nfe_rule="N with warmup=lower_order; N+1 with warmup=improved_euler (N if its one step lands on sigma=0)",
-          nfe_for_steps=lambda n, e, o: n + (o["warmup"] == "improved_euler" and not (e and n == 1)),
-          paper="Liu et al. 2022 (PNDM), PLMS eq. 12", default_grid="uniform")
+@register("plms", order="3 if warmup == 'improved_euler' else 2",
+          order_note="the warm-up steps (Euler, or improved Euler then AB2) cap the order below 4; "
+                     + _UNIFORM_GRID_NOTE,
+          stochastic=False, nfe="N + 1 if warmup == 'improved_euler' and not (to_zero and N == 1) else N",
+          nfe_note="improved_euler's first step costs one more evaluation unless it lands on sigma = 0",
+          paper="Liu et al. 2022 (PNDM), PLMS eq. 12", default_grid="uniform",
+          variants=({"warmup": "improved_euler"},))
 def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmup: str = "lower_order",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Pseudo linear multistep (Liu et al. 2022, eq. 12) through the transfer phi, warmed up with
+    """PLMS: pseudo linear multistep (4th-order Adams-Bashforth) with a lower-order warm-up.
+
+    Liu et al. 2022, eq. 12, through the transfer phi, warmed up with
     Adams-Bashforth of orders 1, 2, 3 (``lower_order``, one evaluation per step) or with a first
     pseudo improved-Euler step, e' = (e(x_t, t) + e(x'_s, s))/2 (``improved_euler``, one extra
     evaluation; what diffusers' PNDMScheduler does with skip_prk_steps=True)."""
@@ -147,12 +141,17 @@ def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmu
     return x
 
 
-@register("ipndm", order=lambda o: o["max_order"], stochastic=False, nfe_rule="N (one per step)",
-          nfe_for_steps=lambda n, e, o: n, paper="Zhang & Chen 2023 (DEIS), iPNDM; as in Karras et al. 2022 space",
-          default_grid="edm")
+@register("ipndm", order="min(max_order, 2)",
+          order_note="its first-order first step caps the order at 2, and so do fixed Adams-Bashforth weights on "
+                     "the EDM grid; with variable_step, starting at sigma_max where the ODE is nearly linear, "
+                     "it reaches ~4 in practice",
+          stochastic=False, nfe="N", paper="Zhang & Chen 2023 (DEIS), iPNDM; as in Karras et al. 2022 space",
+          default_grid="edm", variants=({"variable_step": True}, {"max_order": 1}, {"max_order": 3}))
 def ipndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, max_order: int = 4,
           variable_step: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Improved PNDM (Zhang & Chen 2023): Adams-Bashforth on the scaled PF-ODE
+    """iPNDM: Adams-Bashforth on the scaled PF-ODE with a lower-order warm-up, one NFE per step.
+
+    Zhang & Chen 2023: Adams-Bashforth on the scaled PF-ODE
     dx~/dsigma~ = (x~ - D)/sigma~ with lower-order warm-up (orders 1, 2, 3, then ``max_order``),
     one evaluation per step; by default on the EDM grid.
 

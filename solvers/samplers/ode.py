@@ -8,7 +8,7 @@ sigma~ = 0 makes the last step an Euler step, which lands exactly on D (no NFE a
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torchdiffeq import odeint
@@ -16,10 +16,25 @@ from torchdiffeq import odeint
 from score_models.fields import ScaledProbabilityFlowODE
 from score_models.parameterization import DiffusionModel
 
-from .noise import randn_like
-from .registry import register
+from ..noise import randn_like
+from ..registry import register
 
-__all__ = ["euler", "heun", "rk45"]
+__all__ = ["euler", "heun", "heun_step", "rk45"]
+
+Denoise = Callable[[torch.Tensor], torch.Tensor]
+
+
+def heun_step(x: torch.Tensor, sigma, sigma_next, denoise_here: Denoise, denoise_next: Denoise) -> torch.Tensor:
+    """One step of Heun's method on dx~/dsigma~ = (x~ - D(x~))/sigma~ from sigma to sigma_next
+    (Karras et al. 2022, Algorithm 1, lines 4-8), with D at each end given as a function of x~.
+    A step onto sigma_next = 0 is the Euler step alone. sigma, sigma_next may be floats or
+    per-sample tensors (shaped to broadcast), as the consistency-distillation trainer uses it."""
+    d = (x - denoise_here(x)) / sigma
+    x_next = x + (sigma_next - sigma) * d
+    if isinstance(sigma_next, float) and sigma_next == 0:
+        return x_next
+    d_next = (x_next - denoise_next(x_next)) / sigma_next
+    return x + (sigma_next - sigma) * 0.5 * (d + d_next)
 
 
 def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -27,11 +42,12 @@ def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alph
     return model.x0(alpha * x_tilde, t)
 
 
-@register("euler", order=1, stochastic=False, nfe_rule="N (one per step)",
-          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3")
+@register("euler", order=1, stochastic=False, nfe="N", paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3")
 def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Euler's method on the PF-ODE in the scaled space (Karras et al. 2022, eq. 4 and sec. 3).
+    """Euler's method on the PF-ODE in the scaled space x/alpha vs sigma/alpha (= deterministic DDIM).
+
+    Karras et al. 2022, eq. 4 and sec. 3:
 
     x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) (x~_i - D(x~_i, sigma~_i)) / sigma~_i.
     Equal to deterministic DDIM (Song et al. 2021a, eq. 13) on the same grid.
@@ -45,16 +61,15 @@ def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     return alphas[-1] * x
 
 
-@register("heun", order=2, stochastic=False,
-          nfe_rule="2N-1 when the grid ends at sigma=0 (last step Euler), else 2N",
-          nfe_for_steps=lambda n, ends_at_data, o: 2 * n - 1 if ends_at_data else 2 * n,
-          paper="Karras et al. 2022, Algorithms 1 and 2",
-          stochastic_if=lambda o: o["s_churn"] > 0)
+@register("heun", order=2, stochastic=False, nfe="2*N - 1 if to_zero else 2*N",
+          nfe_note="the step onto sigma = 0 is an Euler step", paper="Karras et al. 2022, Algorithms 1 and 2",
+          stochastic_if="s_churn > 0")
 def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Heun's 2nd-order method, Karras et al. 2022 Algorithm 1; with s_churn > 0 the stochastic
-    Algorithm 2 (noise raised by gamma_i = min(s_churn/N, sqrt(2)-1) while s_tmin <= sigma~ <= s_tmax).
+    """Heun's 2nd-order method (EDM); with s_churn > 0 the stochastic EDM sampler.
+
+    Karras et al. 2022 Algorithm 1; with s_churn > 0 the stochastic Algorithm 2 (noise raised by gamma_i = min(s_churn/N, sqrt(2)-1) while s_tmin <= sigma~ <= s_tmax).
 
     Churn never lifts sigma~ above the grid's first noise level, so the network is only
     evaluated inside the schedule's time range.
@@ -75,25 +90,23 @@ def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
             t_hat = sched.t_from_sigma_tilde(sigma_hat)
             alpha_hat = float(sched.alpha(t_hat))
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
-        # Algorithm 1, lines 4-5: Euler step.
-        d = (x - _denoise(model, x, t_hat, alpha_hat)) / sigma_hat
-        x_next = x + (sigma_next - sigma_hat) * d
-        # Lines 6-8: trapezoidal correction, unless the step ends at sigma = 0.
-        if sigma_next != 0:
-            d_next = (x_next - _denoise(model, x_next, times[i + 1], alphas[i + 1])) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
-        x = x_next
+        # Algorithm 1, lines 4-8: Euler step, then the trapezoidal correction unless at sigma = 0.
+        x = heun_step(x, sigma_hat, sigma_next, lambda y: _denoise(model, y, t_hat, alpha_hat),
+                      lambda y: _denoise(model, y, times[i + 1], alphas[i + 1]))
     return alphas[-1] * x
 
 
-@register("rk45", order=5, stochastic=False,
-          nfe_rule="adaptive: counted (rejected steps included); nfe is a cap; +1 for the final denoising step",
-          nfe_for_steps=None, paper="Dormand & Prince 1980 via torchdiffeq; Song et al. 2021, sec. 4.3",
+@register("rk45", order=None, stochastic=False, nfe=None,
+          nfe_note="adaptive: counted (rejected steps included); nfe is a cap; +1 for the final denoising step",
+          order_note="adaptive: the error follows rtol/atol, not a step count",
+          paper="Dormand & Prince 1980 via torchdiffeq; Song et al. 2021, sec. 4.3",
           grid_options=("t_min", "t_max", "to_zero"))
 def rk45(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          rtol: float = 1e-5, atol: float = 1e-5, generator: Optional[torch.Generator] = None,
          max_nfe: Optional[int] = None, stats: Optional[dict] = None) -> torch.Tensor:
-    """Adaptive Dormand-Prince 5(4) (torchdiffeq ``dopri5``) on the scaled PF-ODE from
+    """Adaptive Dormand-Prince 5(4) on the scaled PF-ODE, tolerances rtol/atol; nfe is a cap.
+
+    torchdiffeq's ``dopri5`` on the scaled PF-ODE from
     sigma~(t_max) to sigma~(t_min); if the grid ends at sigma = 0, one final denoising step
     x = D(x~, sigma~_min) (score-SDE's "noise removal", Song et al. 2021, sec. 4.3).
 

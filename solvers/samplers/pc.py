@@ -8,35 +8,15 @@ from typing import Optional
 import torch
 
 from score_models.parameterization import DiffusionModel
-from score_models.schedules import Schedule
 
-from .noise import randn_like
-from .registry import register
+from ..noise import randn_like
+from ..registry import register
 
 __all__ = ["pc", "langevin", "PREDICTORS", "CORRECTORS"]
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "none")
 CORRECTORS = ("langevin", "none")
 NORMS = ("batch", "sample")
-
-
-def _per_step_cost(o: dict) -> int:
-    return (o["predictor"] != "none") + (o["n_corrector"] if o["corrector"] != "none" else 0)
-
-
-def _pc_nfe(n: int, ends_at_data: bool, o: dict) -> int:
-    # The step onto sigma = 0 is one denoising evaluation, with no corrector after it.
-    cost = max(_per_step_cost(o), 1)
-    return (n - 1) * cost + 1 if ends_at_data else n * cost
-
-
-def _corrector_alpha(schedule: Schedule, t: torch.Tensor) -> float:
-    """score-SDE's alpha_i in the Langevin step size: 1 - beta_i for VP (beta of one training
-    step: one timestep for DiscreteVP, 1/1000 of t for continuous VP, score-SDE's N = 1000), else 1."""
-    if not schedule.variance_preserving:
-        return 1.0
-    step = 1.0 if getattr(schedule, "num_train_timesteps", None) is not None else 1e-3
-    return 1.0 - float(schedule.g2(t)) * step
 
 
 def _langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: float, norm: str):
@@ -49,13 +29,18 @@ def _langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha:
     return (2 * alpha * (snr * n / g) ** 2).reshape((-1,) + (1,) * (score.dim() - 1))
 
 
-@register("pc", order=0.5, stochastic=True,
-          nfe_rule="N x (predictor + n_corrector) evaluations; the step onto sigma=0 is 1 denoising evaluation",
-          nfe_for_steps=_pc_nfe, paper="Song et al. 2021 (score-SDE), Algorithms 2-5", default_grid="uniform")
+@register("pc", order=None, order_note="stochastic: tested on the distribution it samples", stochastic=True,
+          nfe="(N - 1 if to_zero else N) * max((predictor != 'none') + (n_corrector if corrector != 'none' else 0), 1)"
+              " + (1 if to_zero else 0)",
+          nfe_note="predictor + n_corrector evaluations per step; the step onto sigma = 0 is one denoising evaluation",
+          paper="Song et al. 2021 (score-SDE), Algorithms 2-5", default_grid="uniform",
+          variants=({"predictor": "euler_maruyama", "n_corrector": 2}, {"predictor": "none"}, {"corrector": "none"}))
 def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predictor: str = "reverse_diffusion",
        corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1, norm: str = "batch",
        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Predictor-corrector sampling (Song et al. 2021, Algorithm 2): each step t -> s runs the
+    """Score-SDE predictor-corrector sampling: a reverse-SDE predictor, then Langevin correctors.
+
+    Song et al. 2021, Algorithm 2: each step t -> s runs the
     predictor, then ``n_corrector`` Langevin corrector steps at s with the signal-to-noise step
     size rule (Algorithms 4/5; snr = 0.16 is score-SDE's VE setting; for VP it used 0.01 with the
     reverse-diffusion predictor). Predictors: ``reverse_diffusion`` (x_s = (2 - a) x_t + G^2 score +
@@ -90,7 +75,7 @@ def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predict
             x = x + (f[i] * x - g2[i] * model.score(x, times[i])) * dt + math.sqrt(-g2[i] * dt) * randn_like(x, generator)
         # Corrector: Langevin MCMC at t_{i+1}.
         if corrector == "langevin":
-            alpha_i = _corrector_alpha(sched, times[i + 1])
+            alpha_i = float(sched.corrector_alpha(times[i + 1]))
             for _ in range(n_corrector):
                 score = model.score(x, times[i + 1])
                 z = randn_like(x, generator)
@@ -99,13 +84,15 @@ def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predict
     return x
 
 
-@register("langevin", order=0.5, stochastic=True,
-          nfe_rule="levels x steps_per_level, +1 denoising evaluation when the grid ends at sigma=0",
-          nfe_for_steps=lambda n, e, o: n * o["steps_per_level"] + (1 if e else o["steps_per_level"]),
+@register("langevin", order=None, order_note="stochastic: tested on the distribution it samples", stochastic=True,
+          nfe="N * steps_per_level + (1 if to_zero else steps_per_level)",
+          nfe_note="steps_per_level at each noise level; a grid ending at sigma = 0 adds one denoising evaluation",
           paper="Song & Ermon 2019 (NCSN), Algorithm 1", default_grid="logsnr")
 def langevin(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, steps_per_level: int = 10,
              step_lr: float = 2e-5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) over the noise levels of the
+    """Annealed Langevin dynamics over the grid's noise levels, ``steps_per_level`` steps each.
+
+    Song & Ermon 2019, Algorithm 1, over the noise levels of the
     grid (by default geometric in sigma~): at level sigma_i, with a_i = step_lr sigma_i^2 / sigma_L^2,
     ``steps_per_level`` times x~ <- x~ + (a_i/2) score~(x~) + sqrt(a_i) z, in the scaled space
     (score~ = alpha score). A grid ending at sigma = 0 adds the denoising step x = D(x~, sigma_L)

@@ -8,22 +8,23 @@ import torch
 
 from score_models.parameterization import DiffusionModel
 
-from .noise import randn_like
-from .registry import register
+from ..noise import randn_like
+from ..registry import register
 
 __all__ = ["euler_maruyama"]
 
 Brownian = Callable[[float, float], torch.Tensor]
 
 
-@register("euler_maruyama", order=0.5, stochastic=True,
-          nfe_rule="N (one per step; a final step to sigma=0 is a denoising step)",
-          nfe_for_steps=lambda n, ends_at_data, o: n, paper="Song et al. 2021, sec. 4.2 and appendix",
-          default_grid="uniform")
+@register("euler_maruyama", order=None, order_note="stochastic (strong order 1/2 on a shared Brownian path)",
+          stochastic=True, nfe="N", nfe_note="a final step onto sigma = 0 is a denoising step",
+          paper="Song et al. 2021, sec. 4.2 and appendix", default_grid="uniform")
 def euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
                    brownian: Optional[Brownian] = None,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Euler-Maruyama on the reverse SDE in the schedule's time t (strong order 1/2):
+    """Euler-Maruyama on the reverse SDE; optional shared Brownian path (``brownian=``).
+
+    In the schedule's time t (strong order 1/2):
 
     x_{i+1} = x_i + [f(t_i) x_i - g(t_i)^2 score(x_i, t_i)] (t_{i+1} - t_i) + g(t_i) dW_i,
     dW_i ~ N(0, t_i - t_{i+1}). A step onto sigma = 0 is the Tweedie denoising step

@@ -1,0 +1,27 @@
+"""Quality metrics, each a registered name. A metric streams: it sees each batch of (noise,
+samples) as it is produced and answers with named columns at the end of the cell, so a cell of
+50,000 samples never holds 50,000 images. Where a metric does not apply it answers NaN.
+
+- ``solver_error``: RMS per dimension between the sampler's endpoint and the exact PF-ODE
+  endpoint from the same noise (GaussianMixture.exact_ode_solution, DOP853 at 1e-11), or for
+  any other model a tight rk45 solve (rtol = atol = [run.reference] rtol, default 1e-6) from
+  the same noise. Deterministic samplers only.
+- ``sliced_wasserstein``: sliced 2-Wasserstein distance between samples and exact data samples
+  (128 fixed random directions; Rabin et al. 2011), the same n on both sides. Low-dimensional
+  models: it keeps the cell's samples.
+- ``mmd``: unbiased squared MMD, Gaussian kernel with bandwidth = median pairwise distance of
+  the reference set (Gretton et al. 2012). Low-dimensional models.
+- ``fid`` / ``kid``: Frechet distance (Heusel et al. 2017) and kernel distance (Binkowski et al.
+  2018) in the feature space of a torch-fidelity extractor ([run.reference] extractor, default
+  ``inception-v3-compat``), computed by torch-fidelity's own metric functions. Reference
+  statistics are cached on disk keyed by dataset, split, extractor and n.
+"""
+from .base import METRICS, REFERENCE_SEED, CellInfo, Metric, register_metric
+from .distances import MMD, SlicedWasserstein, exact_data, mmd_rbf, sliced_wasserstein
+from .features import (CACHE_ENV, FID, INCEPTION_ENV, KID, cache_dir, frechet_distance, is_image_model,
+                       make_extractor, to_uint8_images)
+from .solver_error import SolverError
+
+__all__ = ["METRICS", "CellInfo", "Metric", "register_metric", "sliced_wasserstein", "mmd_rbf", "to_uint8_images",
+           "frechet_distance", "make_extractor", "exact_data", "REFERENCE_SEED"]
+

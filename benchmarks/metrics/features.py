@@ -1,0 +1,199 @@
+"""FID and KID through torch-fidelity: its feature extractors (weights handed over as tensors)
+and its metric functions, with reference statistics cached on disk."""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from score_models.parameterization import DiffusionModel
+from score_models.weights import load_tensors
+
+from ..results import write_bytes_atomic
+from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
+from .distances import exact_data
+
+__all__ = ["FID", "KID", "frechet_distance", "to_uint8_images", "make_extractor", "cache_dir", "is_image_model",
+           "INCEPTION_ENV", "CACHE_ENV"]
+
+INCEPTION_ENV = "NFEBENCH_INCEPTION_WEIGHTS"
+CACHE_ENV = "NFEBENCH_CACHE"
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's formula)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    value = fid_statistics_to_metric(fid_features_to_statistics(features_a.double().cpu()),
+                                     fid_features_to_statistics(features_b.double().cpu()), verbose=False)
+    return float(value["frechet_inception_distance"])
+
+
+def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1], [N, C, H, W] with C in {1, 3}, as uint8 RGB images (what the
+    torch-fidelity extractors take). Single-channel images are repeated to 3 channels."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"FID/KID need image samples [N, 1 or 3, H, W], got shape {tuple(x.shape)}")
+    img = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
+
+
+def cache_dir(reference: Dict[str, Any]) -> Path:
+    root = reference.get("cache_dir") or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nfebench"
+    return Path(root)
+
+
+#: torch-fidelity extractors whose weights nfebench reads itself and hands over as tensors (the
+#: module-level download hook of each is given the tensors): torch-fidelity would unpickle a
+#: weights path with weights_only=False, which runs any code a crafted file carries.
+_HANDED_OVER = {"inception-v3-compat": "torch_fidelity.feature_extractor_inceptionv3"}
+#: nfebench's own extractors (benchmarks/extractors.py) read their weights path safely themselves.
+_OWN_EXTRACTORS = ("pixels", "digits-classifier")
+
+
+def _download_hook(state_dict: Optional[Dict[str, torch.Tensor]]):
+    """A stand-in for torch.hub.load_state_dict_from_url: the given tensors, or the download read
+    back with weights_only=True."""
+    def load(url: str, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
+        if state_dict is not None:
+            return state_dict
+        from torch.hub import load_state_dict_from_url
+
+        return load_state_dict_from_url(url, progress=False, weights_only=True)
+    return load
+
+
+def make_extractor(reference: Dict[str, Any], device: torch.device):
+    """A torch-fidelity feature extractor from [run.reference] (extractor, weights)."""
+    import importlib
+    from unittest import mock
+
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    from .. import extractors  # noqa: F401  (registers nfebench's own extractors)
+
+    name = reference.get("extractor", "inception-v3-compat")
+    usable = sorted(set(_HANDED_OVER) | set(_OWN_EXTRACTORS))
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        raise ValueError(f"unknown feature extractor {name!r}; valid: {', '.join(usable)}")
+    if name not in usable:
+        raise ValueError(f"feature extractor {name!r} would load its weights with full unpickling; nfebench supports "
+                         f"{', '.join(usable)}")
+    cls = FEATURE_EXTRACTORS_REGISTRY[name]
+    kwargs: Dict[str, Any] = {"verbose": False}
+    weights = reference.get("weights") or (os.environ.get(INCEPTION_ENV) if name.startswith("inception") else None)
+    if weights and not Path(weights).is_file():
+        raise ValueError(f"feature extractor weights {weights!r} do not exist")
+    layer = cls.get_default_feature_layer_for_metric("fid")
+    if name in _OWN_EXTRACTORS:
+        if weights:
+            kwargs["feature_extractor_weights_path"] = str(weights)
+        return name, layer, create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
+    state_dict = load_tensors(weights) if weights else None
+    module = importlib.import_module(_HANDED_OVER[name])
+    try:
+        with mock.patch.object(module, "load_state_dict_from_url", _download_hook(state_dict)):
+            extractor = create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
+    except Exception as e:
+        if weights:
+            raise ValueError(f"feature extractor weights {weights!r} do not fit {name!r} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise RuntimeError(
+            f"could not load the weights of feature extractor {name!r} ({type(e).__name__}: {e}). This machine may "
+            f"be offline: download them once (for inception-v3-compat: "
+            f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth) "
+            f"and give the path as [run.reference] weights = \"PATH\" or in ${INCEPTION_ENV}") from None
+    return name, layer, extractor
+
+
+def _extract(extractor: Any, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    feats = []
+    device = next(iter(extractor.parameters()), torch.empty(0)).device
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out = extractor(images[i:i + batch].to(device))
+            feats.append(out[0].detach().double().cpu())
+    return torch.cat(feats)
+
+
+def is_image_model(model: DiffusionModel) -> bool:
+    shape = model.sample_shape or ()
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+class _FeatureDistance(Metric):
+    """Streams each batch through the extractor, keeps only features. NaN for non-image models."""
+
+    def __init__(self, cell: CellInfo):
+        super().__init__(cell)
+        self.features: List[torch.Tensor] = []
+        self.applies = is_image_model(cell.model)
+        if not self.applies:
+            return
+        key = ("extractor", cell.reference.get("extractor"), cell.reference.get("weights"), str(cell.device))
+        if key not in cell.cache:
+            cell.cache[key] = make_extractor(cell.reference, cell.device)
+        self.extractor_name, self.layer, self.extractor = cell.cache[key]
+
+    def update(self, batch_index: int, noise: torch.Tensor, samples: torch.Tensor) -> None:
+        if self.applies:
+            self.features.append(_extract(self.extractor, to_uint8_images(samples)))
+
+    def reference_features(self, n: int) -> torch.Tensor:
+        """Features of n exact data samples, cached in memory and on disk."""
+        cell = self.cell
+        ident = f"{cell.model_key}|exact-samples|seed={REFERENCE_SEED}|{self.extractor_name}:{self.layer}|n={n}"
+        key = ("reference_features", ident)
+        if key in cell.cache:
+            return cell.cache[key]
+        path = cache_dir(cell.reference) / f"features-{hashlib.sha256(ident.encode()).hexdigest()[:20]}.pt"
+        if path.is_file():
+            feats = load_tensors(path)
+        else:
+            data = exact_data(cell, n)
+            if data is None:
+                raise ValueError(f"model {cell.model_key!r} has no reference data for FID/KID")
+            feats = torch.cat([_extract(self.extractor, to_uint8_images(data[i:i + 1024].float()))
+                               for i in range(0, n, 1024)])
+            buffer = io.BytesIO()
+            torch.save(feats, buffer)
+            write_bytes_atomic(path, buffer.getvalue())
+        cell.cache[key] = feats
+        return feats
+
+
+@register_metric("fid")
+class FID(_FeatureDistance):
+    columns = ("fid",)
+
+    def result(self) -> Dict[str, float]:
+        if not self.applies:
+            return {"fid": math.nan}
+        x = torch.cat(self.features)
+        return {"fid": frechet_distance(x, self.reference_features(int(self.cell.reference.get("n_data", len(x)))))}
+
+
+@register_metric("kid")
+class KID(_FeatureDistance):
+    columns = ("kid", "kid_std")
+
+    def result(self) -> Dict[str, float]:
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        if not self.applies:
+            return {"kid": math.nan, "kid_std": math.nan}
+        x = torch.cat(self.features)
+        ref = self.reference_features(int(self.cell.reference.get("n_data", len(x))))
+        subset = min(1000, len(x), len(ref))
+        # 100 subsets of 1000 (torch-fidelity's defaults); when a subset is the whole set every
+        # subset is the same, so one suffices. Kernel: torch-fidelity's default cubic polynomial.
+        subsets = 1 if subset == min(len(x), len(ref)) else 100
+        value = kid_features_to_metric(x, ref, kid_subsets=subsets, kid_subset_size=subset, verbose=False,
+                                       rng_seed=REFERENCE_SEED % 2**31)
+        return {"kid": value["kernel_inception_distance_mean"], "kid_std": value["kernel_inception_distance_std"]}

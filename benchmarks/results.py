@@ -1,0 +1,86 @@
+"""The results table: its columns, reading it back, and writing files atomically.
+
+One row per cell (model x sampler series x NFE budget x seed). ``report`` and ``cli`` read
+tables through :func:`read_results`; every file nfebench writes goes through
+:func:`write_atomic` (or :func:`write_bytes_atomic`), so a reader sees the old or the new
+content, never half of it."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import pandas as pd
+
+__all__ = ["ResultRow", "RESULT_COLUMNS", "KEY_COLUMNS", "read_results", "write_atomic", "write_bytes_atomic"]
+
+NAN = math.nan
+
+
+@dataclass
+class ResultRow:
+    """One cell's row: what ran, what it cost (counted NFE, network passes, wall time, one
+    forward's time, the loop's own share, peak memory), how it ended (status ok / diverged /
+    failed, with the error and the NFE where NaN first appeared) and its metric columns."""
+
+    model: str
+    schedule: str = ""
+    sampler: str = ""
+    series: str = ""
+    options: str = "{}"
+    nfe_budget: int = 0
+    nfe: float = NAN
+    network_passes: float = NAN
+    n_samples: int = 0
+    seed: int = 0
+    wall_s: float = NAN
+    s_per_sample: float = NAN
+    nfe_per_s: float = NAN
+    forward_s: float = NAN
+    overhead_frac: float = NAN
+    peak_mem_mb: float = NAN
+    device: str = ""
+    dtype: str = ""
+    status: str = "ok"
+    error: str = ""
+    diverged_at_nfe: float = NAN
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The row as the results table holds it (metric columns after the fixed ones)."""
+        row = asdict(self)
+        return {**{k: v for k, v in row.items() if k != "metrics"}, **row["metrics"]}
+
+
+#: The fixed columns of results.csv, in order (metric columns follow).
+RESULT_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "metrics"]
+#: The columns that identify a cell.
+KEY_COLUMNS = ["model", "series", "nfe_budget", "seed"]
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A results.csv as written by a sweep."""
+    return pd.read_csv(path, dtype={"error": str, "options": str}).fillna({"error": ""})
+
+
+def write_bytes_atomic(path: Path, data: Union[bytes, str]) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text)

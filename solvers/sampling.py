@@ -1,0 +1,105 @@
+"""The one entry point that runs a registered sampler: :func:`sample`.
+
+It turns an NFE budget into a grid (the sampler's NFE rule inverted), starts the chain at
+x_T = prior_std * noise, calls the sampler and checks the count the model's wrapper made."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Dict, Optional
+
+import torch
+
+from score_models.parameterization import DiffusionModel
+
+from .grids import time_grid
+from .registry import SamplerSpec, get
+
+__all__ = ["sample", "MAX_NFE", "check_budget", "plan_times"]
+
+#: The largest budget a call may ask for; a grid of this many steps is ~1 MB of float64 times.
+MAX_NFE = 100_000
+
+
+def check_budget(nfe: Any) -> Optional[int]:
+    """``nfe`` as an int (None passes): ValueError for bools, non-integers and budgets outside
+    1..MAX_NFE."""
+    if nfe is None:
+        return None
+    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral):
+        raise ValueError(f"nfe must be a whole number, got {nfe!r}")
+    if not 1 <= int(nfe) <= MAX_NFE:
+        raise ValueError(f"nfe must lie in 1..{MAX_NFE}, got {nfe}")
+    return int(nfe)
+
+
+def plan_times(spec: SamplerSpec, model: DiffusionModel, nfe: Optional[int], options: Dict[str, Any]
+               ) -> tuple[torch.Tensor, Optional[int]]:
+    """(the float64 times the sampler visits, its step count or None for adaptive samplers) for
+    a budget and options; pops the grid options out of ``options``."""
+    grid_kw = {k: options.pop(k) for k in spec.grid_options if k in options}
+    if "spacing" in grid_kw and "grid" in grid_kw:
+        raise ValueError(f"give grid= or spacing= (discrete timesteps), not both; got grid={grid_kw['grid']!r}, "
+                         f"spacing={grid_kw['spacing']!r}")
+    sched = model.schedule
+    grid = grid_kw.get("grid")
+    if isinstance(grid, torch.Tensor) and not spec.adaptive:
+        if len(grid_kw) > 1:
+            raise ValueError(f"a tensor grid already fixes the times; drop {sorted(set(grid_kw) - {'grid'})}")
+        times = time_grid(sched, grid.numel() - 1, grid)
+        n_steps = times.numel() - 1
+        need = spec.count(n_steps, bool(times[-1] == sched.t_data), options)
+        if nfe is not None and need > nfe:
+            raise ValueError(f"{spec.name} on the given {n_steps}-step grid needs {need} NFE, more than nfe={nfe}")
+        return times, n_steps
+    grid_kw = spec.grid_settings(grid_kw, model)
+    ends_at_data = bool(grid_kw.pop("to_zero", True))
+    grid = grid_kw.pop("grid", None if "spacing" in grid_kw else spec.default_grid)
+    if spec.adaptive:
+        # An adaptive solver integrates from t_max to t_min (then denoises if the grid ends at 0).
+        return time_grid(sched, 2 if ends_at_data else 1, "uniform", to_zero=ends_at_data, **grid_kw), None
+    if nfe is None:
+        raise ValueError(f"{spec.name} needs nfe= (or a tensor grid=)")
+    n_steps = spec.steps_for_budget(nfe, ends_at_data, options)
+    if not spec.grid_options:
+        # A sampler without grid options runs on the grid the model declares (a distilled student's).
+        times = model.own_grid(n_steps)
+        if times is None:
+            raise ValueError(f"{spec.name} runs on the grid its model declares, and {model!r} declares none "
+                             f"(a progressively distilled student does)")
+    else:
+        times = time_grid(sched, n_steps, grid, to_zero=ends_at_data, **grid_kw)
+    return times, times.numel() - 1  # a discrete spacing may merge a duplicate final timestep
+
+
+def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[int] = None,
+           generator: Optional[torch.Generator] = None, stats: Optional[dict] = None,
+           **options: Any) -> torch.Tensor:
+    """Draw samples with a registered sampler from standard-normal ``noise``.
+
+    Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and
+    makes at most ``nfe`` network evaluations (exactly the registered rule's count for fixed-step
+    samplers; a cap for adaptive ones).
+    ``grid`` may be a name or a tensor of times (then ``nfe`` may be None). ``stats``, if given,
+    is filled with the counted ``nfe``, ``n_steps``, ``network_passes`` and anything the sampler
+    reports.
+    """
+    spec = get(name)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; valid: {', '.join(spec.options) or 'none'}")
+    nfe = check_budget(nfe)
+    times, n_steps = plan_times(spec, model, nfe, options)
+    x_T = model.schedule.prior_std_at(float(times[0])) * noise
+    extra: Dict[str, Any] = {}
+    if spec.adaptive:
+        extra["max_nfe"] = nfe
+    if spec.reports_stats:
+        extra["stats"] = stats
+    start, start_passes = model.nfe, model.network_passes
+    x = spec.fn(model, x_T, times, generator=generator, **extra, **options)
+    counted = model.nfe - start
+    if nfe is not None and counted > nfe:
+        raise RuntimeError(f"{name} made {counted} network evaluations, over its budget of {nfe}: a sampler bug")
+    if stats is not None:
+        stats.update(nfe=counted, n_steps=n_steps, network_passes=model.network_passes - start_passes)
+    return x
