@@ -34,7 +34,7 @@ __all__ = [
 
 
 def as_time(t: TimeLike) -> torch.Tensor:
-    """Times as float64 tensors on the CPU (time stays in float64; see DESIGN.md section 4)."""
+    """Times as float64 tensors on the CPU: time stays in float64 and is cast only at the network's input."""
     if isinstance(t, torch.Tensor):
         return t.detach().to(device="cpu", dtype=torch.float64)
     return torch.as_tensor(t, dtype=torch.float64)

@@ -7,7 +7,7 @@ n_steps + 1 spaced points from t_max to t_min.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Iterator, Tuple, Union
 
 import torch
 
@@ -19,7 +19,8 @@ GRIDS = ("uniform", "quadratic", "edm", "logsnr")
 SPACINGS = ("leading", "trailing", "linspace")
 GridSpec = Union[str, torch.Tensor]
 
-__all__ = ["GRIDS", "SPACINGS", "time_grid", "check_grid", "spaced_times", "discrete_timesteps", "nested_times"]
+__all__ = ["GRIDS", "SPACINGS", "time_grid", "check_grid", "spaced_times", "discrete_timesteps", "nested_times",
+           "alpha_sigma_steps"]
 
 
 def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float, rho: float = 7.0) -> torch.Tensor:
@@ -130,3 +131,11 @@ def check_grid(schedule: Schedule, times: torch.Tensor) -> torch.Tensor:
     if not bool((sig[1:] < sig[:-1]).all()):
         raise ValueError("grid times must go from high noise to low noise, strictly")
     return times
+
+
+def alpha_sigma_steps(schedule: Schedule, times: torch.Tensor) -> Iterator[Tuple[float, float, float, float]]:
+    """(alpha_t, sigma_t, alpha_s, sigma_s) as Python floats for each step t -> s of a grid: the
+    coefficients a sampler working on the unscaled state x_t reads per step."""
+    alphas, sigmas = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
+    for i in range(len(alphas) - 1):
+        yield alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]

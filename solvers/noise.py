@@ -1,4 +1,5 @@
-"""Randomness only through a torch.Generator (DESIGN.md section 4)."""
+"""Randomness only through a torch.Generator: samplers draw every random number here, from the
+generator they were given, so the same seed gives the same samples on any device."""
 from __future__ import annotations
 
 from typing import Optional

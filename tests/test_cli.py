@@ -47,7 +47,7 @@ def test_list_names_every_sampler(capsys):
     out = capsys.readouterr().out
     for name in solvers.available():
         assert name in out
-    assert "gmm:ring8" in out and "solver_error" in out and "2N-1" in out
+    assert "gmm:ring8" in out and "solver_error" in out and "NFE = 2*N - 1 if to_zero else 2*N" in out
 
 
 def test_run_writes_tables_metadata_and_plots(tmp_path, capsys):
@@ -97,11 +97,13 @@ def test_missing_config_file_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_default_config_is_valid_and_covers_every_sampler():
+def test_default_config_is_valid():
+    # Which samplers the default sweep shows is the config's choice: a new sampler needs no edit
+    # here (tests/test_registry.py runs every registered sampler from a config of its own).
     import solvers
 
     cfg = load_config(None)
-    assert {s.sampler for s in cfg.samplers} == set(solvers.available())
+    assert {s.sampler for s in cfg.samplers} <= set(solvers.available())
     assert max(cfg.nfe) >= 100 and min(cfg.nfe) == 1
 
 

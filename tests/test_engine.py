@@ -95,8 +95,9 @@ def test_resume_after_a_kill_gives_the_uninterrupted_table(tmp_path):
     proc.wait()
     partial = pd.read_csv(csv)
     assert 5 <= len(partial) < 40, "the kill must land mid-sweep"
-    assert not list(killed.glob(".*.tmp")) or True  # a temp file may remain; results.csv is whole
+    (killed / ".results.csv.left-by-a-kill.tmp").write_text("half a table")  # what a kill mid-write leaves
     assert _run_cli(["run", str(config), "--out", str(killed), "--resume", "--quiet"]).wait(timeout=300) == 0
+    assert not list(killed.glob(".*.tmp"))  # the resume cleaned what the kill left
     a, b = pd.read_csv(full / "results.csv"), pd.read_csv(csv)
     assert len(b) == 40 and not b.duplicated(["model", "series", "nfe_budget", "seed"]).any()
     pd.testing.assert_frame_equal(a.drop(columns=TIMING), b.drop(columns=TIMING))

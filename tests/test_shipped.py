@@ -61,7 +61,7 @@ def test_shipped_checkpoints_are_small_and_carded():
         size = (shipped.DIRECTORY / f"{name}.pt").stat().st_size
         assert size <= 5 * 2**20, (name, size)
         card = shipped.card(name)
-        assert card["steps"] == TRAINABLE[name]["steps"] and card["seed"] == 0
+        assert card["steps"] == TRAINABLE[name].steps and card["seed"] == 0
 
 
 def test_digits_classifier_accuracy_on_the_held_out_split():
@@ -105,8 +105,6 @@ def test_digits_unet_conditional_samples_are_recognisable():
         x = solvers.sample("ddim", model, noise, nfe=100, spacing="leading")
         accuracy = float((classifier(x).argmax(1) == torch.arange(200) % 10).float().mean())
     assert accuracy >= 0.85
-    card = shipped.card("digits-unet")["quality"]
-    assert card["classifier_accuracy_on_conditional_samples"] >= 0.90 and card["fd_ratio"] <= 2.0
 
 
 @pytest.mark.slow
@@ -133,31 +131,33 @@ def test_digits_extractor_is_the_classifiers_penultimate_layer():
 
 
 # --- guidance -------------------------------------------------------------------------------------
-def _tiny_conditional_model():
+def _tiny_conditional_model(dtype=torch.float32):
     torch.manual_seed(0)
-    net = DigitsUNet(channels=8).eval()
+    net = DigitsUNet(channels=8).eval().to(dtype)
     return DiffusionModel(net, DiscreteVP.linear(), prediction="eps", sample_shape=(1, 8, 8))
 
 
 def test_cfg_counts_two_passes_per_evaluation_and_batching_changes_nothing():
-    base = _tiny_conditional_model()
+    # float64 throughout: in float32 an untrained net drives |x| to ~1e2, where one batched and two
+    # separate passes (different convolution kernels per batch size) part at ~1e-4.
+    base = _tiny_conditional_model(torch.float64)
     labels = cycle_labels()
     batched = ClassifierFreeGuidance(base, 2.0, labels, null_label=NULL_CLASS)
     separate = ClassifierFreeGuidance(base, 2.0, labels, null_label=NULL_CLASS, batched=False)
-    noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.inference_mode():
         a = solvers.sample("heun", batched, noise, nfe=9, spacing="trailing")
         b = solvers.sample("heun", separate, noise, nfe=9, spacing="trailing")
-    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)  # an untrained net: |x| ~ 1e2
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
     assert batched.nfe == 9 and batched.network_passes == 18 and separate.network_passes == 18
     # the guidance formula: (1 + w) eps(x, y) - w eps(x, null)
-    x, t = torch.randn(6, 1, 8, 8), 500.0
+    x, t = torch.randn(6, 1, 8, 8, dtype=torch.float64), 500.0
     y = labels(6, x.device)
     with torch.no_grad():
         cond = base.eps(x, t, class_labels=y)
         null = base.eps(x, t, class_labels=torch.full_like(y, NULL_CLASS))
-        assert torch.allclose(batched.eps(x, t), 3 * cond - 2 * null, rtol=1e-5, atol=1e-5)
-        assert torch.allclose(ClassifierFreeGuidance(base, 0.0, labels).eps(x, t), cond, atol=1e-6)
+        assert torch.allclose(batched.eps(x, t), 3 * cond - 2 * null, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(ClassifierFreeGuidance(base, 0.0, labels).eps(x, t), cond, atol=1e-9)
     with pytest.raises(ValueError, match="guidance scale must be >= 0"):
         ClassifierFreeGuidance(base, -1.0, labels)
 

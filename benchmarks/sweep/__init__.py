@@ -49,6 +49,8 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: b
             error = ""
             if csv_path.exists():
                 rows = read_results(csv_path).to_dict("records")
+            for stale in out_dir.glob(".*.tmp") if out_dir.is_dir() else ():  # left by a killed run
+                stale.unlink(missing_ok=True)
             write_atomic(out_dir / "metadata.json", json.dumps(metadata(cfg, device, skipped, dist.world), indent=2) + "\n")
         done = {(r["model"], r["series"], int(r["nfe_budget"]), int(r["seed"])) for r in rows}
         plan = (error, done)

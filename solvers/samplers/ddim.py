@@ -13,6 +13,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 from score_models.schedules import TimeLike
 
+from ..grids import alpha_sigma_steps
 from ..noise import randn_like
 from ..registry import register
 
@@ -53,11 +54,8 @@ def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: 
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    sched = model.schedule
-    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
     x = x_T
-    for i in range(len(alphas) - 1):
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
         c = eta * s_s * math.sqrt(max(0.0, 1.0 - (a_t * s_s) ** 2 / (a_s * s_t) ** 2))
         x = ddim_step(model, x, times[i], a_s, s_s, c, generator)
     return x
@@ -82,11 +80,8 @@ def ddpm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, varia
     """
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(DDPM_VARIANCES)}")
-    sched = model.schedule
-    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
     x = x_T
-    for i in range(len(alphas) - 1):
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
         a = a_t / a_s
         b = s_t**2 - a**2 * s_s**2  # variance of x_t given x_s (the step's beta)
         if variance == "learned_range":

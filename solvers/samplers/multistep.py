@@ -14,6 +14,7 @@ import torch
 
 from score_models.parameterization import DiffusionModel
 
+from ..grids import alpha_sigma_steps
 from ..registry import register
 
 __all__ = ["pndm", "plms", "ipndm", "ADAMS_BASHFORTH", "variable_step_weights"]
@@ -80,11 +81,9 @@ def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     e' = (55 e_t - 59 e_{t-1} + 37 e_{t-2} - 9 e_{t-3}) / 24, through the transfer phi.
     A warm-up step that lands on sigma = 0 is a plain DDIM step: the network is never called there."""
     sched = model.schedule
-    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
     history: List[torch.Tensor] = []
     x = x_T
-    for i in range(len(alphas) - 1):
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(sched, times)):
         e1 = model.eps(x, times[i])
         history.append(e1)
         if s_s == 0:
@@ -124,12 +123,9 @@ def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmu
     evaluation; what diffusers' PNDMScheduler does with skip_prk_steps=True)."""
     if warmup not in PLMS_WARMUPS:
         raise ValueError(f"unknown warmup {warmup!r}; valid: {', '.join(PLMS_WARMUPS)}")
-    sched = model.schedule
-    alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
     history: List[torch.Tensor] = []
     x = x_T
-    for i in range(len(alphas) - 1):
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
         history.append(model.eps(x, times[i]))
         if i == 0 and warmup == "improved_euler" and s_s > 0:
             x_euler = _transfer(x, history[0], a_t, s_t, a_s, s_s)
