@@ -24,7 +24,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     progress = not args.quiet and sys.stderr.isatty()
     start = time.perf_counter()
-    df = run_sweep(cfg, out, resume=args.resume, progress=progress)
+    try:
+        df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend)
+    except KeyboardInterrupt:
+        # Every finished row is already in results.csv; report those and stop with 128 + SIGINT.
+        csv = out / "results.csv"
+        if csv.is_file() and (out / "metadata.json").is_file():
+            from .results import read_results
+
+            df = read_results(csv)
+            meta = json.loads((out / "metadata.json").read_text())
+            write_atomic(out / "results.md", markdown_report(df, title=f"nfebench: {cfg.name} (interrupted)",
+                                                             protocol=meta["protocol"]))
+            print(f"nfebench: interrupted; {len(df)} finished cells kept in {csv} and reported in "
+                  f"{out / 'results.md'} (continue with --resume)", file=sys.stderr)
+        else:
+            print("nfebench: interrupted before any cell finished", file=sys.stderr)
+        return 130
     meta = json.loads((out / "metadata.json").read_text())
     report = markdown_report(df, title=f"nfebench: {cfg.name}", protocol=meta["protocol"])
     write_atomic(out / "results.md", report)
@@ -58,7 +74,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _read_table(path: str):
-    from .results import read_results
+    import pandas as pd
+
+    from .results import TEXT_COLUMNS, read_results
 
     p = Path(path)
     if not p.is_file():
@@ -67,7 +85,19 @@ def _read_table(path: str):
     missing = {"model", "series", "nfe_budget", "seed", "status"} - set(df.columns)
     if missing:
         raise ValueError(f"{path!r} is not an nfebench results table (missing columns {sorted(missing)})")
+    for column in df.columns:
+        if column not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(df[column]):
+            bad = next(v for v in df[column] if not _is_number(v))
+            raise ValueError(f"{path!r}: column {column!r} holds a non-numeric value {bad!r}")
     return df
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -108,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="TOML sweep config")
     run.add_argument("--out", help="run directory (default runs/<config name>)")
     run.add_argument("--resume", action="store_true", help="continue a run, skipping finished cells")
+    run.add_argument("--extend", action="store_true",
+                     help="resume a run directory written by another config, adding this config's cells")
     run.add_argument("--quiet", action="store_true", help="no progress bars, no table")
     run.set_defaults(func=_cmd_run)
     lst = sub.add_parser("list", help="samplers, models, schedules and metrics")
@@ -148,8 +180,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileExistsError) as e:  # bad input: a clear message and exit code 2
-        print(f"nfebench: error: {e}", file=sys.stderr)
+        print(f"nfebench: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the user named cannot be written or read
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"nfebench: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nfebench: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ _DTYPES = ("float32", "float64")
 _REFERENCE_KEYS = {"rtol", "n_data", "extractor", "weights", "cache_dir"}
 
 
-def _check_keys(table: Dict[str, Any], valid: set, where: str) -> None:
+def _check_keys(table: Any, valid: set, where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table (key = value pairs), got {table!r}")
     unknown = sorted(set(table) - valid)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(sorted(valid))}")
@@ -119,13 +121,45 @@ def check_name(value: Any, where: str) -> str:
     return value
 
 
-def _int_list(value: Any, where: str, minimum: int) -> List[int]:
+def _table_list(data: Dict[str, Any], key: str, source: str) -> List[Dict[str, Any]]:
+    """An array of tables ([[models]], [[samplers]]), each checked to be a table by its reader."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: {key} must be an array of tables ([[{key}]] sections), got {value!r}")
+    return value
+
+
+def _check_reference(reference: Any, where: str) -> None:
+    """[run.reference] (or a model's reference): known keys, a known extractor, an existing weights
+    file, a positive rtol and n_data."""
+    from .metrics.features import usable_extractors
+
+    _check_keys(reference, _REFERENCE_KEYS, where)
+    if "extractor" in reference and reference["extractor"] not in usable_extractors():
+        raise ConfigError(f"{where}: unknown feature extractor {reference['extractor']!r}; "
+                          f"valid: {', '.join(usable_extractors())}")
+    if "weights" in reference and not (isinstance(reference["weights"], str) and Path(reference["weights"]).is_file()):
+        raise ConfigError(f"{where}: feature extractor weights {reference['weights']!r} do not exist")
+    for key, kind in (("rtol", float), ("n_data", int)):
+        value = reference.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int)
+                                  or not value > 0):
+            raise ConfigError(f"{where}: {key} must be a positive {'number' if kind is float else 'integer'}, "
+                              f"got {value!r}")
+    for key in ("cache_dir",):
+        if key in reference and not isinstance(reference[key], str):
+            raise ConfigError(f"{where}: {key} must be a path string, got {reference[key]!r}")
+
+
+def _int_list(value: Any, where: str, minimum: int, maximum: Optional[int] = None) -> List[int]:
     if isinstance(value, int):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise ConfigError(f"{where} must be a non-empty list of integers, got {value!r}")
     if min(value) < minimum:
         raise ConfigError(f"{where} must be >= {minimum}, got {min(value)}")
+    if maximum is not None and max(value) > maximum:
+        raise ConfigError(f"{where} must be <= {maximum}, got {max(value)}")
     return sorted(set(value))
 
 
@@ -136,7 +170,7 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
     _check_keys(data, _TOP_KEYS, source)
     run = data.get("run", {})
     _check_keys(run, _RUN_KEYS, f"{source} [run]")
-    nfe = _int_list(run.get("nfe", [10]), "[run] nfe", 1)
+    nfe = _int_list(run.get("nfe", [10]), "[run] nfe", 1, solvers.MAX_NFE)
     seeds = _int_list(run.get("seeds", [0]), "[run] seeds", 0)
     n_samples = run.get("n_samples", 256)
     batch_size = run.get("batch_size", min(n_samples, 256) if isinstance(n_samples, int) else 256)
@@ -155,10 +189,10 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         if m not in METRICS:
             raise ConfigError(f"unknown metric {m!r}; valid: {', '.join(sorted(METRICS))}")
     reference = run.get("reference", {})
-    _check_keys(reference, _REFERENCE_KEYS, f"{source} [run.reference]")
+    _check_reference(reference, f"{source} [run.reference]")
 
     models = []
-    for i, m in enumerate(data.get("models", [])):
+    for i, m in enumerate(_table_list(data, "models", source)):
         _check_keys(m, _MODEL_KEYS, f"{source} [[models]] #{i + 1}")
         if "name" not in m:
             raise ConfigError(f"[[models]] #{i + 1} needs a name; valid: {', '.join(zoo.available())}")
@@ -169,13 +203,13 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         if series_subset is not None and (not isinstance(series_subset, list) or not series_subset):
             raise ConfigError(f"[[models]] #{i + 1} series must be a non-empty list of sampler series")
         model_reference = m.get("reference", {})
-        _check_keys(model_reference, _REFERENCE_KEYS, f"{source} [[models]] #{i + 1} reference")
+        _check_reference(model_reference, f"{source} [[models]] #{i + 1} reference")
         if "label" in m:
             check_name(m["label"], f"[[models]] #{i + 1} label")
         spec = ModelSpec(m["name"], m.get("schedule"), m.get("label", ""),
                          tuple(series_subset) if series_subset else None, n_model,
                          tuple(sorted(model_reference.items())),
-                         tuple(_int_list(m["nfe"], f"[[models]] #{i + 1} nfe", 1)) if "nfe" in m else None)
+                         tuple(_int_list(m["nfe"], f"[[models]] #{i + 1} nfe", 1, solvers.MAX_NFE)) if "nfe" in m else None)
         try:
             zoo.load(spec.name, schedule=spec.schedule)
         except ValueError as e:
@@ -185,7 +219,7 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         raise ConfigError(f"{source} has no [[models]]; valid names: {', '.join(zoo.available())}")
 
     series = []
-    for i, s in enumerate(data.get("samplers", [])):
+    for i, s in enumerate(_table_list(data, "samplers", source)):
         where = f"{source} [[samplers]] #{i + 1}"
         _check_keys(s, _SERIES_KEYS, where)
         if "sampler" not in s:
@@ -194,16 +228,16 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
             spec = solvers.get(s["sampler"])
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if not isinstance(s.get("options", {}), dict):
+            raise ConfigError(f"{where} options must be a table, e.g. options = {{ eta = 1.0 }}; got {s['options']!r}")
         options = dict(s.get("options", {}))
-        unknown = sorted(set(options) - set(spec.options))
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} for sampler {spec.name!r} in {where}; "
-                              f"valid: {', '.join(spec.options)}")
-        if "grid" in options and not isinstance(options["grid"], str):
-            raise ConfigError(f"{where}: grid must be a name in a config, got {options['grid']!r}")
+        try:
+            spec.check_options(options, tensor_grid_allowed=False)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
         if "label" in s:
             check_name(s["label"], f"{where} label")
-        nfe_override = _int_list(s["nfe"], f"{where} nfe", 1) if "nfe" in s else None
+        nfe_override = _int_list(s["nfe"], f"{where} nfe", 1, solvers.MAX_NFE) if "nfe" in s else None
         series.append(SeriesSpec(spec.name, options, nfe_override, s.get("label", "")))
     if not series:
         raise ConfigError(f"{source} has no [[samplers]]; valid: {', '.join(solvers.available())}")

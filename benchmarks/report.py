@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from .results import KEY_COLUMNS, RESULT_COLUMNS, write_bytes_atomic
+from .results import KEY_COLUMNS, RESULT_COLUMNS, safe_file_name, write_bytes_atomic
 
 __all__ = ["metric_columns", "markdown_report", "write_plots", "compare", "student_table"]
 
@@ -172,8 +172,7 @@ def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
             fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
             fig.suptitle(f"{model}: {metric}")
             fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 1))
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{model}_{metric}")
-            path = Path(out_dir) / f"{safe}.png"
+            path = Path(out_dir) / f"{safe_file_name(f'{model}_{metric}', keep='-_.')}.png"
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=110)
             plt.close(fig)

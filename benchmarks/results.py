@@ -15,7 +15,8 @@ from typing import Any, Dict, Union
 
 import pandas as pd
 
-__all__ = ["ResultRow", "RESULT_COLUMNS", "KEY_COLUMNS", "read_results", "write_atomic", "write_bytes_atomic"]
+__all__ = ["ResultRow", "RESULT_COLUMNS", "KEY_COLUMNS", "TEXT_COLUMNS", "read_results", "write_atomic",
+           "write_bytes_atomic", "safe_file_name"]
 
 NAN = math.nan
 
@@ -61,19 +62,52 @@ RESULT_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "metrics"]
 KEY_COLUMNS = ["model", "series", "nfe_budget", "seed"]
 
 
+#: Columns read back as text whatever they look like: a label "5", "NA" or "1e-3" stays a label.
+TEXT_COLUMNS = ["model", "schedule", "sampler", "series", "options", "device", "dtype", "status", "error"]
+
+
 def read_results(path: Path) -> pd.DataFrame:
-    """A results.csv as written by a sweep."""
-    return pd.read_csv(path, dtype={"error": str, "options": str}).fillna({"error": ""})
+    """A results.csv as written by a sweep: identifying columns as text, the others as numbers
+    (empty = NaN). ValueError naming the file when it is not a CSV table."""
+    import csv
+
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+        text = [c for c in header if c in TEXT_COLUMNS]
+        return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False,
+                           na_values={c: [""] for c in header if c not in text})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{str(path)!r} is not a results table (a CSV file): {' '.join(str(e).split())[:200]}") from None
+
+
+def safe_file_name(text: str, keep: str = "-_.=", limit: int = 150) -> str:
+    """``text`` as one file name: characters other than letters, digits and ``keep`` become '_',
+    and a long name is cut and made distinct again with a hash of the whole."""
+    import hashlib
+
+    name = "".join(ch if ch.isalnum() or ch in keep else "_" for ch in text)
+    if len(name) > limit:
+        name = f"{name[:limit - 30]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return name
+
+
+def _new_file_mode() -> int:
+    """The mode the user's umask gives a new file (mkstemp's own files are 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes_atomic(path: Path, data: Union[bytes, str]) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+    """Write a file so that readers see the old or the new content, never half of it; it gets
+    the mode any new file gets under the user's umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -179,13 +179,21 @@ def base_teacher(name: str) -> str | None:
     return shipped.card(name).get("base")
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
 def _load_python(spec: str, schedule: Schedule) -> DiffusionModel:
     module_name, _, function = spec.rpartition(":")
     try:
         factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot load model factory 'python:{spec}' ({e}); expected python:<module>:<function>") from None
-    model = factory(schedule)
+    except Exception as e:  # a syntax error or an import that raises in the user's module, too
+        raise ValueError(f"cannot load model factory 'python:{spec}' ({type(e).__name__}: {_one_line(e)}); "
+                         f"expected python:<module>:<function>") from None
+    try:
+        model = factory(schedule)
+    except Exception as e:
+        raise ValueError(f"model factory 'python:{spec}' raised {type(e).__name__}: {_one_line(e)}") from None
     if not isinstance(model, DiffusionModel):
         raise ValueError(f"python:{spec} returned {type(model).__name__}, not a DiffusionModel")
     return model
@@ -322,7 +330,9 @@ def load(name: str, schedule: Union[str, Schedule, None] = None,
         try:
             w = float(scale) if scale else 1.0
         except ValueError:
-            raise ValueError(f"guidance scale in {name!r} must be a number") from None
+            w = math.nan
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"guidance scale in {name!r} must be a finite number >= 0")
         if base_name.startswith("toy2d-"):
             return _load_toy2d(base_name[len("toy2d-"):], directory)
         return _load_digits(base_name, w, directory)

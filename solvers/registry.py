@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from .options import Check, check_grid_value, check_value
 from .rules import Rule
 
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
@@ -65,6 +66,8 @@ class SamplerSpec:
     variants: Tuple[Dict[str, Any], ...] = ()
     reports_stats: bool = False  # the function takes stats= and fills it
     exclusive: bool = False
+    checks: Dict[str, Check] = field(default_factory=dict)
+    requires: Tuple[Tuple[Rule, str], ...] = ()
 
     @property
     def adaptive(self) -> bool:
@@ -73,6 +76,24 @@ class SamplerSpec:
     @property
     def options(self) -> Tuple[str, ...]:
         return tuple(self.grid_options) + tuple(self.defaults)
+
+    def check_options(self, options: Dict[str, Any], tensor_grid_allowed: bool = True) -> None:
+        """ValueError for an unknown option, a value of the wrong type or out of its declared range,
+        or options that break a declared cross-option rule; nothing runs before this passes."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for sampler {self.name!r}; "
+                             f"valid: {', '.join(self.options) or 'none'}")
+        for name, value in options.items():
+            if name in self.grid_options:
+                check_grid_value(self.name, name, value, tensor_grid_allowed)
+            else:
+                check_value(self.name, name, value, self.defaults[name], self.checks.get(name))
+        values = self.with_defaults(options)
+        for rule, message in self.requires:
+            if not rule(values):
+                raise ValueError(f"sampler {self.name!r}: {message} (got "
+                                 f"{', '.join(f'{k}={values[k]!r}' for k in sorted(rule.names))})")
 
     def with_defaults(self, options: Dict[str, Any]) -> Dict[str, Any]:
         return {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}}
@@ -129,15 +150,18 @@ def _as_rule(value: RuleLike, variables, what: str) -> Optional[Rule]:
 def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, paper: str, order_note: str = "",
              nfe_note: str = "", default_grid: str = "edm", grid_options: Tuple[str, ...] = GRID_OPTIONS,
              stochastic_if: RuleLike = None, variants: Tuple[Dict[str, Any], ...] = (),
-             exclusive: bool = False) -> Callable:
+             exclusive: bool = False, checks: Optional[Dict[str, Check]] = None,
+             requires: Optional[Dict[str, str]] = None) -> Callable:
     """Decorator declaring a sampler ``fn(model, x_T, times, *, <options>, generator=None)``.
 
     ``nfe``: rule text in N (steps), to_zero and the options, e.g. ``"2*N - 1 if to_zero else
     2*N"``; None for an adaptive sampler (which must accept ``max_nfe=``). ``order``: a number or
     rule text in the options; None where there is no convergence order. ``stochastic_if``: rule
     text in the options. Keyword parameters of ``fn`` other than generator/max_nfe/stats become
-    its options. Registration checks the signature, the rules, the variants and that the NFE rule
-    is >= 1 and strictly increasing in N.
+    its options, typed by their defaults; ``checks`` gives an option's range or choices
+    (:mod:`solvers.options`) and ``requires`` maps rule text over the options to the message shown
+    when it fails. Registration checks the signature, the rules, the checks, the variants and that
+    the NFE rule is >= 1 and strictly increasing in N.
     """
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -166,13 +190,19 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
             unknown = set(variant) - set(defaults) - set(GRID_OPTIONS)
             if unknown:
                 raise ValueError(f"{name}: variant {variant} names unknown options {sorted(unknown)}")
+        if set(checks or {}) - set(defaults):
+            raise ValueError(f"{name}: checks for unknown options {sorted(set(checks) - set(defaults))}")
         spec = SamplerSpec(
             name, fn, _as_rule(order, defaults, f"{name} order"), stochastic,
             _as_rule(nfe, tuple(defaults) + NFE_VARIABLES, f"{name} NFE rule"), paper,
             summary=_summary(fn), order_note=order_note, nfe_note=nfe_note, default_grid=default_grid,
             grid_options=tuple(grid_options), defaults=defaults,
             stochastic_if=_as_rule(stochastic_if, defaults, f"{name} stochastic_if"), variants=tuple(variants),
-            reports_stats="stats" in params, exclusive=exclusive)
+            reports_stats="stats" in params, exclusive=exclusive, checks=dict(checks or {}),
+            requires=tuple((Rule(text, defaults, f"{name} requirement"), message)
+                           for text, message in (requires or {}).items()))
+        for options in ({},) + spec.variants:
+            spec.check_options(options)  # the defaults and every variant are valid options
         if not spec.adaptive:
             for options in ({},) + spec.variants:
                 for ends in (True, False):

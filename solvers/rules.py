@@ -40,6 +40,8 @@ class Rule:
             if isinstance(node, ast.Name) and node.id not in self.variables and node.id not in _FUNCTIONS:
                 raise ValueError(f"{what} {self.text!r} uses {node.id!r}; it may use {', '.join(sorted(self.variables))}")
         self._code = compile(tree, f"<{what}>", "eval")
+        #: the variables the expression uses
+        self.names = frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name)) - set(_FUNCTIONS)
 
     def __call__(self, values: Mapping[str, Any]) -> Any:
         return eval(self._code, {"__builtins__": {}, **_FUNCTIONS}, dict(values))  # noqa: S307 - validated above

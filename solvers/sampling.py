@@ -14,7 +14,7 @@ from score_models.parameterization import DiffusionModel
 from .grids import time_grid
 from .registry import SamplerSpec, get
 
-__all__ = ["sample", "MAX_NFE", "check_budget", "plan_times"]
+__all__ = ["sample", "MAX_NFE", "check_budget", "check_noise", "plan_times"]
 
 #: The largest budget a call may ask for; a grid of this many steps is ~1 MB of float64 times.
 MAX_NFE = 100_000
@@ -30,6 +30,20 @@ def check_budget(nfe: Any) -> Optional[int]:
     if not 1 <= int(nfe) <= MAX_NFE:
         raise ValueError(f"nfe must lie in 1..{MAX_NFE}, got {nfe}")
     return int(nfe)
+
+
+def check_noise(model: DiffusionModel, noise: Any) -> None:
+    """ValueError unless ``noise`` is a finite floating tensor shaped [batch, *model.sample_shape]."""
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+        raise ValueError(f"noise must be a floating-point tensor, got "
+                         f"{type(noise).__name__ if not isinstance(noise, torch.Tensor) else noise.dtype}")
+    if model.sample_shape is not None and tuple(noise.shape[1:]) != tuple(model.sample_shape):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; this model's samples are "
+                         f"[batch, {', '.join(map(str, model.sample_shape))}]")
+    if noise.dim() < 1 or noise.shape[0] < 1:
+        raise ValueError(f"noise needs a batch dimension of at least 1, got shape {tuple(noise.shape)}")
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise holds NaN or Inf")
 
 
 def plan_times(spec: SamplerSpec, model: DiffusionModel, nfe: Optional[int], options: Dict[str, Any]
@@ -84,10 +98,9 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     reports.
     """
     spec = get(name)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; valid: {', '.join(spec.options) or 'none'}")
+    spec.check_options(options)
     nfe = check_budget(nfe)
+    check_noise(model, noise)
     times, n_steps = plan_times(spec, model, nfe, options)
     x_T = model.schedule.prior_std_at(float(times[0])) * noise
     extra: Dict[str, Any] = {}

@@ -187,15 +187,19 @@ def test_option_errors_name_the_valid_values():
     model = zoo.load("gmm:ring8", schedule="vp_linear")
     noise = torch.randn(4, 2)
     cases = [
-        ("ddpm", dict(variance="large"), "unknown variance 'large'; valid: fixed_small, fixed_large, learned_range"),
-        ("pc", dict(predictor="ode"), "unknown predictor 'ode'; valid: reverse_diffusion, euler_maruyama, none"),
+        ("ddpm", dict(variance="large"), "option variance='large' of sampler 'ddpm' is not valid; "
+                                          "valid: 'fixed_small', 'fixed_large', 'learned_range'"),
+        ("pc", dict(predictor="ode"), "option predictor='ode' of sampler 'pc' is not valid; "
+                                      "valid: 'reverse_diffusion', 'euler_maruyama', 'none'"),
         ("pc", dict(predictor="none", corrector="none"), "predictor='none' needs a corrector"),
-        ("dpm_solver", dict(order=4), r"order must be one of \[1, 2, 3\], got 4"),
-        ("dpm_solver", dict(algorithm="unipc"), "unknown algorithm 'unipc'; valid: dpmsolver\\+\\+, dpmsolver"),
-        ("dpm_solver", dict(third_order_term="half"), "unknown third_order_term 'half'; valid: exact, diffusers"),
-        ("plms", dict(warmup="rk"), "unknown warmup 'rk'; valid: lower_order, improved_euler"),
-        ("ddim", dict(eta=-1.0), "eta must be >= 0"),
-        ("ipndm", dict(max_order=5), "max_order must be one of"),
+        ("dpm_solver", dict(order=4), "option order=4 of sampler 'dpm_solver' is not valid; valid: 1, 2, 3"),
+        ("dpm_solver", dict(order=2.0), "option order=2.0 of sampler 'dpm_solver' must be a whole number"),
+        ("dpm_solver", dict(algorithm="unipc"), "option algorithm='unipc' .* valid: 'dpmsolver\\+\\+', 'dpmsolver'"),
+        ("dpm_solver", dict(third_order_term="half"), "third_order_term='half' .* valid: 'exact', 'diffusers'"),
+        ("plms", dict(warmup="rk"), "warmup='rk' .* valid: 'lower_order', 'improved_euler'"),
+        ("ddim", dict(eta=-1.0), "option eta=-1.0 of sampler 'ddim' is not valid; valid: >= 0"),
+        ("ddim", dict(eta="abc"), "option eta='abc' of sampler 'ddim' must be a number; valid: >= 0"),
+        ("ipndm", dict(max_order=5), "option max_order=5 .* valid: 1, 2, 3, 4"),
     ]
     for name, options, message in cases:
         with pytest.raises(ValueError, match=message):

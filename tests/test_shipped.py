@@ -183,5 +183,5 @@ def test_guided_shipped_models_load():
     assert zoo.load("digits-unet-cg").scale == 1.0
     with pytest.raises(ValueError, match="takes no '=scale'"):
         zoo.load("digits-unet=2")
-    with pytest.raises(ValueError, match="must be a number"):
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
         zoo.load("digits-unet-cfg=big")

@@ -56,6 +56,11 @@ _HANDED_OVER = {"inception-v3-compat": "torch_fidelity.feature_extractor_incepti
 _OWN_EXTRACTORS = ("pixels", "digits-classifier")
 
 
+def usable_extractors() -> list:
+    """The extractor names a config may give: the ones whose weights nfebench reads itself."""
+    return sorted(set(_HANDED_OVER) | set(_OWN_EXTRACTORS))
+
+
 def _download_hook(state_dict: Optional[Dict[str, torch.Tensor]]):
     """A stand-in for torch.hub.load_state_dict_from_url: the given tensors, or the download read
     back with weights_only=True."""
@@ -79,7 +84,7 @@ def make_extractor(reference: Dict[str, Any], device: torch.device):
     from .. import extractors  # noqa: F401  (registers nfebench's own extractors)
 
     name = reference.get("extractor", "inception-v3-compat")
-    usable = sorted(set(_HANDED_OVER) | set(_OWN_EXTRACTORS))
+    usable = usable_extractors()
     if name not in FEATURE_EXTRACTORS_REGISTRY:
         raise ValueError(f"unknown feature extractor {name!r}; valid: {', '.join(usable)}")
     if name not in usable:

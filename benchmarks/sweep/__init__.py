@@ -18,7 +18,8 @@ from ..config import SweepConfig
 from ..distributed import init_distributed
 from ..metrics import METRICS
 from ..provenance import metadata
-from ..results import RESULT_COLUMNS, read_results, write_atomic
+from ..results import RESULT_COLUMNS, write_atomic
+from ..rundir import RunDirectory, config_hash
 from ..timing import resolve_device
 from .cells import Cell, all_batches, batch_generator, expand_cells, runs_on
 from .execute import RunContext, compile_network, load_model, run_cell
@@ -27,13 +28,30 @@ __all__ = ["run_sweep", "expand_cells", "runs_on", "run_cell", "compile_network"
            "all_batches"]
 
 
-def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> pd.DataFrame:
+def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: bool = True,
+              extend: bool = False) -> pd.DataFrame:
     """Run every cell of ``cfg`` into ``out_dir`` (results.csv, metadata.json; the CLI adds the
-    report and plots)."""
+    report and plots), holding the directory for the whole sweep (:class:`RunDirectory`)."""
+    dist = init_distributed()
+    run_dir = RunDirectory(Path(out_dir))
+    error = None
+    if dist.rank == 0:
+        try:
+            run_dir.open(cfg.to_dict(), resume, extend)
+        except (ValueError, FileExistsError) as e:
+            error = e
+    error = dist.broadcast(error)  # every rank stops when the directory cannot be used
+    if error is not None:
+        raise error
+    try:
+        return _run(cfg, Path(out_dir), run_dir.rows, dist, progress)
+    finally:
+        run_dir.close()
+
+
+def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, progress: bool) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
-    dist = init_distributed()
-    out_dir = Path(out_dir)
     csv_path = out_dir / "results.csv"
     device = resolve_device(cfg.device)
     if device.type == "cuda":
@@ -41,24 +59,12 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: b
     ctx = RunContext(cfg, device, getattr(torch, cfg.dtype), {}, {}, dist, out_dir)
     cells, skipped = expand_cells(cfg, lambda spec: load_model(ctx, spec))
     columns = RESULT_COLUMNS + [c for name in cfg.metrics for c in METRICS[name].columns]
-    rows: List[Dict[str, Any]] = []
+    done = None
     if dist.rank == 0:
-        if csv_path.exists() and not resume:
-            error = f"{csv_path} exists; pass --resume to continue it or choose another --out"
-        else:
-            error = ""
-            if csv_path.exists():
-                rows = read_results(csv_path).to_dict("records")
-            for stale in out_dir.glob(".*.tmp") if out_dir.is_dir() else ():  # left by a killed run
-                stale.unlink(missing_ok=True)
-            write_atomic(out_dir / "metadata.json", json.dumps(metadata(cfg, device, skipped, dist.world), indent=2) + "\n")
-        done = {(r["model"], r["series"], int(r["nfe_budget"]), int(r["seed"])) for r in rows}
-        plan = (error, done)
-    else:
-        plan = None
-    error, done = dist.broadcast(plan)
-    if error:
-        raise FileExistsError(error)
+        info = {**metadata(cfg, device, skipped, dist.world), "config_hash": config_hash(cfg.to_dict())}
+        write_atomic(out_dir / "metadata.json", json.dumps(info, indent=2) + "\n")
+        done = {(str(r["model"]), str(r["series"]), int(r["nfe_budget"]), int(r["seed"])) for r in rows}
+    done = dist.broadcast(done)
 
     todo = [c for c in cells if c.key not in done]
     show = progress and dist.rank == 0

@@ -13,7 +13,6 @@ Protocol per cell:
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -33,7 +32,7 @@ from score_models.parameterization import DiffusionModel
 from ..config import ModelSpec, SweepConfig
 from ..distributed import Distributed
 from ..metrics import METRICS, CellInfo
-from ..results import ResultRow, write_bytes_atomic
+from ..results import ResultRow, safe_file_name, write_bytes_atomic
 from ..timing import PeakMemory, Stopwatch, median_seconds
 from .cells import Cell, all_batches, batch_generator
 
@@ -51,9 +50,7 @@ class RunContext:
     out_dir: Path
 
     def save_samples(self, cell: Cell, samples: torch.Tensor) -> None:
-        name = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in "_".join(map(str, cell.key)))
-        if len(name) > 150:  # keep file names short; the hash keeps them distinct
-            name = f"{name[:120]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+        name = safe_file_name("_".join(map(str, cell.key)))
         buffer = io.BytesIO()
         torch.save(samples, buffer)
         write_bytes_atomic(self.out_dir / "samples" / f"{name}.pt", buffer.getvalue())

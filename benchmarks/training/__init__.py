@@ -12,7 +12,6 @@ after its teacher (``TRAINABLE`` is in that order).
 from __future__ import annotations
 
 import functools
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from score_models import shipped
 from score_models.data import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, TOY2D, digits
 
 from ..provenance import package_versions
+from ..rundir import ensure_writable_directory
 from .base_models import train_classifier, train_digits_unet, train_toy2d
 from .consistency import consistency_distillation, consistency_sigmas, ct_schedule
 from .distillation import PD_WEIGHTINGS, distillation_target, progressive_distillation
@@ -80,17 +80,6 @@ TRAINABLE: Dict[str, Trainable] = {
     "toy2d-moons-ct": Trainable(8000, _TOY_DATA.format("moons"), "student",
                                 functools.partial(train_consistency, "toy2d-moons", False)),
 }
-
-
-def ensure_writable_directory(directory: Path) -> None:
-    """Create ``directory`` if needed and check that files can be written there, before any
-    expensive work; ValueError naming it otherwise."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write to {str(directory)!r}: {e.strerror or e}") from None
 
 
 def train(name: str, steps: Optional[int] = None, seed: int = 0, out_dir: Optional[Path] = None,

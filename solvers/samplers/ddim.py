@@ -15,6 +15,7 @@ from score_models.schedules import TimeLike
 
 from ..grids import alpha_sigma_steps
 from ..noise import randn_like
+from ..options import at_least, one_of
 from ..registry import register
 
 __all__ = ["ddim", "ddim_step", "ddpm", "DDPM_VARIANCES"]
@@ -39,7 +40,7 @@ def ddim_step(model: DiffusionModel, x: torch.Tensor, t: TimeLike, alpha_s: Coef
 
 
 @register("ddim", order=1, stochastic=False, nfe="N", paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
-          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},))
+          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},), checks={"eta": at_least(0.0)})
 def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: float = 0.0,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDIM on any sub-sequence of times; ``eta`` blends in DDPM's posterior noise.
@@ -52,8 +53,6 @@ def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: 
     which for VP is the paper's eta sqrt((1-abar_s)/(1-abar_t)) sqrt(1-abar_t/abar_s). eta = 0 is
     deterministic (and equals Euler in the scaled space); eta = 1 has DDPM's posterior variance.
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
     x = x_T
     for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
         c = eta * s_s * math.sqrt(max(0.0, 1.0 - (a_t * s_s) ** 2 / (a_s * s_t) ** 2))
@@ -63,7 +62,7 @@ def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: 
 
 @register("ddpm", order=None, order_note="stochastic: tested on the distribution it samples",
           stochastic=True, nfe="N", paper="Ho, Jain & Abbeel 2020, Algorithm 2 and eq. 7",
-          default_grid="uniform", variants=({"variance": "fixed_large"},))
+          default_grid="uniform", variants=({"variance": "fixed_large"},), checks={"variance": one_of(*DDPM_VARIANCES)})
 def ddpm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, variance: str = "fixed_small",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDPM ancestral sampling over any sub-sequence of times; ``variance`` fixed or learned.
@@ -78,8 +77,6 @@ def ddpm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, varia
     ``learned_range`` (Nichol & Dhariwal 2021, eq. 15) interpolating the two in log space with the
     network's extra output channels. No noise is added on a step that lands on sigma = 0.
     """
-    if variance not in DDPM_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(DDPM_VARIANCES)}")
     x = x_T
     for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
         a = a_t / a_s

@@ -14,6 +14,7 @@ import torch
 
 from score_models.parameterization import DiffusionModel
 
+from ..options import one_of
 from ..registry import register
 
 __all__ = ["dpm_solver", "dpm_solver_singlestep", "ALGORITHMS", "THIRD_ORDER_TERMS"]
@@ -23,13 +24,6 @@ ALGORITHMS = ("dpmsolver++", "dpmsolver")
 #: "exact": the Taylor-consistent weight 2 (h phi_3); "diffusers": half of it, as in the DPM-Solver
 #: reference code and diffusers' DPMSolverMultistepScheduler, which makes 3M second order asymptotically.
 THIRD_ORDER_TERMS = ("exact", "diffusers")
-
-
-def _check(order: int, allowed: Tuple[int, ...], algorithm: Optional[str] = None) -> None:
-    if order not in allowed:
-        raise ValueError(f"order must be one of {list(allowed)}, got {order}")
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
 
 
 # --- multistep updates, one per (algorithm, order) ------------------------------------------------
@@ -111,7 +105,9 @@ def _step_order(order: int, i: int, n_steps: int, lands_on_data: bool, lower_ord
           stochastic=False, nfe="N", default_grid="logsnr",
           paper="Lu et al. 2022a (DPM-Solver) and 2022b (DPM-Solver++), multistep: Algorithm 2 and appendix",
           variants=({"order": 1}, {"order": 3}, {"algorithm": "dpmsolver"},
-                    {"algorithm": "dpmsolver", "order": 3}, {"order": 3, "third_order_term": "diffusers"}))
+                    {"algorithm": "dpmsolver", "order": 3}, {"order": 3, "third_order_term": "diffusers"}),
+          checks={"order": one_of(1, 2, 3), "algorithm": one_of(*ALGORITHMS),
+                  "third_order_term": one_of(*THIRD_ORDER_TERMS)})
 def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
                algorithm: str = "dpmsolver++", lower_order_final: bool = True, third_order_term: str = "exact",
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -127,9 +123,6 @@ def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     reference code and diffusers use half of it (``"diffusers"``), which we measure to converge at
     order 2 (see tests/test_sampler_family.py); kept as an option for side-by-side equivalence.
     """
-    _check(order, (1, 2, 3), algorithm)
-    if third_order_term not in THIRD_ORDER_TERMS:
-        raise ValueError(f"unknown third_order_term {third_order_term!r}; valid: {', '.join(THIRD_ORDER_TERMS)}")
     d2_weight = 2.0 if third_order_term == "exact" else 1.0
     sched = model.schedule
     sig, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
@@ -149,7 +142,7 @@ def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
 
 @register("dpm_solver_singlestep", order="order", stochastic=False,
           nfe="order*N - (order - 1 if to_zero else 0)", nfe_note="the step onto sigma = 0 is first order",
-          default_grid="logsnr", variants=({"order": 3},),
+          default_grid="logsnr", variants=({"order": 3},), checks={"order": one_of(2, 3)},
           paper="Lu et al. 2022b, Algorithm 1 (DPM-Solver++(2S)); Lu et al. 2022a, Algorithm 2 (DPM-Solver-3)")
 def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -158,7 +151,6 @@ def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch
     2S: intermediate point at r1 = 1/2 of the
     step in lambda) and 3S (points at r1 = 1/3, r2 = 2/3; the "dpmsolver" third-order update
     of Lu et al. 2022a written for D). ``order`` evaluations per step."""
-    _check(order, (2, 3))
     sched = model.schedule
     sig, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
 

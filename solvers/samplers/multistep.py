@@ -15,6 +15,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 
 from ..grids import alpha_sigma_steps
+from ..options import one_of
 from ..registry import register
 
 __all__ = ["pndm", "plms", "ipndm", "ADAMS_BASHFORTH", "variable_step_weights"]
@@ -112,7 +113,7 @@ PLMS_WARMUPS = ("lower_order", "improved_euler")
           stochastic=False, nfe="N + 1 if warmup == 'improved_euler' and not (to_zero and N == 1) else N",
           nfe_note="improved_euler's first step costs one more evaluation unless it lands on sigma = 0",
           paper="Liu et al. 2022 (PNDM), PLMS eq. 12", default_grid="uniform",
-          variants=({"warmup": "improved_euler"},))
+          variants=({"warmup": "improved_euler"},), checks={"warmup": one_of(*PLMS_WARMUPS)})
 def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmup: str = "lower_order",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """PLMS: pseudo linear multistep (4th-order Adams-Bashforth) with a lower-order warm-up.
@@ -121,8 +122,6 @@ def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmu
     Adams-Bashforth of orders 1, 2, 3 (``lower_order``, one evaluation per step) or with a first
     pseudo improved-Euler step, e' = (e(x_t, t) + e(x'_s, s))/2 (``improved_euler``, one extra
     evaluation; what diffusers' PNDMScheduler does with skip_prk_steps=True)."""
-    if warmup not in PLMS_WARMUPS:
-        raise ValueError(f"unknown warmup {warmup!r}; valid: {', '.join(PLMS_WARMUPS)}")
     history: List[torch.Tensor] = []
     x = x_T
     for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
@@ -142,7 +141,8 @@ def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmu
                      "the EDM grid; with variable_step, starting at sigma_max where the ODE is nearly linear, "
                      "it reaches ~4 in practice",
           stochastic=False, nfe="N", paper="Zhang & Chen 2023 (DEIS), iPNDM; as in Karras et al. 2022 space",
-          default_grid="edm", variants=({"variable_step": True}, {"max_order": 1}, {"max_order": 3}))
+          default_grid="edm", variants=({"variable_step": True}, {"max_order": 1}, {"max_order": 3}),
+          checks={"max_order": one_of(1, 2, 3, 4)})
 def ipndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, max_order: int = 4,
           variable_step: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """iPNDM: Adams-Bashforth on the scaled PF-ODE with a lower-order warm-up, one NFE per step.
@@ -156,8 +156,6 @@ def ipndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, max_
     converges at order 2 only. ``variable_step=True`` uses the Adams-Bashforth weights of the
     actual sigma~ steps (:func:`variable_step_weights`; k-diffusion's "ipndm_v"), which keep the
     order on any smooth grid."""
-    if max_order not in ADAMS_BASHFORTH:
-        raise ValueError(f"max_order must be one of {sorted(ADAMS_BASHFORTH)}, got {max_order}")
     sched = model.schedule
     sigmas, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
     history: List[torch.Tensor] = []

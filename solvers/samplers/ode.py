@@ -17,6 +17,7 @@ from score_models.fields import ScaledProbabilityFlowODE
 from score_models.parameterization import DiffusionModel
 
 from ..noise import randn_like
+from ..options import above, at_least
 from ..registry import register
 
 __all__ = ["euler", "heun", "heun_step", "rk45"]
@@ -63,7 +64,8 @@ def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
 
 @register("heun", order=2, stochastic=False, nfe="2*N - 1 if to_zero else 2*N",
           nfe_note="the step onto sigma = 0 is an Euler step", paper="Karras et al. 2022, Algorithms 1 and 2",
-          stochastic_if="s_churn > 0")
+          stochastic_if="s_churn > 0", variants=({"s_churn": 10.0},),
+          checks={"s_churn": at_least(0.0), "s_tmin": at_least(0.0), "s_tmax": at_least(0.0), "s_noise": at_least(0.0)})
 def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -74,8 +76,6 @@ def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     Churn never lifts sigma~ above the grid's first noise level, so the network is only
     evaluated inside the schedule's time range.
     """
-    if s_churn < 0 or s_noise < 0:
-        raise ValueError(f"s_churn and s_noise must be >= 0, got {s_churn}, {s_noise}")
     sched = model.schedule
     sigmas, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
     n_steps = len(sigmas) - 1
@@ -100,7 +100,7 @@ def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           nfe_note="adaptive: counted (rejected steps included); nfe is a cap; +1 for the final denoising step",
           order_note="adaptive: the error follows rtol/atol, not a step count",
           paper="Dormand & Prince 1980 via torchdiffeq; Song et al. 2021, sec. 4.3",
-          grid_options=("t_min", "t_max", "to_zero"))
+          grid_options=("t_min", "t_max", "to_zero"), checks={"rtol": above(0.0), "atol": above(0.0)})
 def rk45(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          rtol: float = 1e-5, atol: float = 1e-5, generator: Optional[torch.Generator] = None,
          max_nfe: Optional[int] = None, stats: Optional[dict] = None) -> torch.Tensor:
@@ -113,8 +113,6 @@ def rk45(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     Every evaluation is counted by the model, rejected steps included. ``max_nfe`` caps them:
     past it, :class:`score_models.fields.NFEBudgetExceeded` is raised, never a truncated solve.
     """
-    if rtol <= 0 or atol <= 0:
-        raise ValueError(f"rtol and atol must be > 0, got {rtol}, {atol}")
     sched = model.schedule
     ends_at_data = bool(times[-1] == sched.t_data)
     ode_times = times[:-1] if ends_at_data else times

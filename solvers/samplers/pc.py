@@ -10,6 +10,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 
 from ..noise import randn_like
+from ..options import above, at_least, one_of
 from ..registry import register
 
 __all__ = ["pc", "langevin", "PREDICTORS", "CORRECTORS"]
@@ -34,7 +35,11 @@ def _langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha:
               " + (1 if to_zero else 0)",
           nfe_note="predictor + n_corrector evaluations per step; the step onto sigma = 0 is one denoising evaluation",
           paper="Song et al. 2021 (score-SDE), Algorithms 2-5", default_grid="uniform",
-          variants=({"predictor": "euler_maruyama", "n_corrector": 2}, {"predictor": "none"}, {"corrector": "none"}))
+          variants=({"predictor": "euler_maruyama", "n_corrector": 2}, {"predictor": "none"}, {"corrector": "none"}),
+          checks={"predictor": one_of(*PREDICTORS), "corrector": one_of(*CORRECTORS), "norm": one_of(*NORMS),
+                  "snr": above(0.0), "n_corrector": at_least(0)},
+          requires={"predictor != 'none' or (corrector != 'none' and n_corrector >= 1)":
+                    "predictor='none' needs a corrector with n_corrector >= 1"})
 def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predictor: str = "reverse_diffusion",
        corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1, norm: str = "batch",
        generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -48,14 +53,6 @@ def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predict
     their eq. 46), ``euler_maruyama``, ``none`` (corrector only). The step onto sigma = 0 is the
     denoising step x = E[x0 | x_t] (score-SDE's "noise removal").
     """
-    for value, valid, what in ((predictor, PREDICTORS, "predictor"), (corrector, CORRECTORS, "corrector"),
-                               (norm, NORMS, "norm")):
-        if value not in valid:
-            raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    if n_corrector < 0 or snr <= 0:
-        raise ValueError(f"need n_corrector >= 0 and snr > 0, got {n_corrector}, {snr}")
-    if predictor == "none" and (corrector == "none" or n_corrector == 0):
-        raise ValueError("predictor='none' needs a corrector with n_corrector >= 1")
     sched = model.schedule
     ts = times.tolist()
     alphas, sigmas = sched.alpha(times).tolist(), sched.sigma(times).tolist()
@@ -87,7 +84,8 @@ def pc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, predict
 @register("langevin", order=None, order_note="stochastic: tested on the distribution it samples", stochastic=True,
           nfe="N * steps_per_level + (1 if to_zero else steps_per_level)",
           nfe_note="steps_per_level at each noise level; a grid ending at sigma = 0 adds one denoising evaluation",
-          paper="Song & Ermon 2019 (NCSN), Algorithm 1", default_grid="logsnr")
+          paper="Song & Ermon 2019 (NCSN), Algorithm 1", default_grid="logsnr",
+          checks={"steps_per_level": at_least(1), "step_lr": above(0.0)})
 def langevin(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, steps_per_level: int = 10,
              step_lr: float = 2e-5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Annealed Langevin dynamics over the grid's noise levels, ``steps_per_level`` steps each.
@@ -98,8 +96,6 @@ def langevin(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, s
     (score~ = alpha score). A grid ending at sigma = 0 adds the denoising step x = D(x~, sigma_L)
     (Tweedie; Jolicoeur-Martineau et al. 2021, NCSNv2's final denoising).
     """
-    if steps_per_level < 1 or step_lr <= 0:
-        raise ValueError(f"need steps_per_level >= 1 and step_lr > 0, got {steps_per_level}, {step_lr}")
     sched = model.schedule
     ends_at_data = bool(times[-1] == sched.t_data)
     levels = times[:-1] if ends_at_data else times
