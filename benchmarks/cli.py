@@ -82,22 +82,17 @@ def _read_table(path: str):
     if not p.is_file():
         raise ValueError(f"results file {path!r} does not exist")
     df = read_results(p)
-    missing = {"model", "series", "nfe_budget", "seed", "status"} - set(df.columns)
+    missing = {"model", "series", "nfe_budget", "seed", "status", "error", "nfe", "wall_s", "s_per_sample"} - set(df.columns)
     if missing:
         raise ValueError(f"{path!r} is not an nfebench results table (missing columns {sorted(missing)})")
     for column in df.columns:
         if column not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(df[column]):
-            bad = next(v for v in df[column] if not _is_number(v))
-            raise ValueError(f"{path!r}: column {column!r} holds a non-numeric value {bad!r}")
+            numbers = pd.to_numeric(df[column], errors="coerce")
+            bad = df[column][numbers.isna() & ~df[column].astype(str).str.strip().str.lower().isin(["", "nan"])]
+            if len(bad):
+                raise ValueError(f"{path!r}: column {column!r} holds a non-numeric value {bad.iloc[0]!r}")
+            df[column] = numbers
     return df
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ user asks to extend it with another config.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -77,18 +76,20 @@ class RunDirectory:
         if missing:
             raise ValueError(f"cannot resume: {str(csv)!r} is not an nfebench results table (no {', '.join(missing)} "
                              f"columns); choose another --out")
-        previous = None
+        previous, why = None, "an unknown config (no readable metadata.json)"
         try:
             previous = json.loads((self.path / "metadata.json").read_text()).get("config_hash")
+            why = "another config" if previous else "an unknown config (its metadata.json has no config hash)"
         except (OSError, ValueError, AttributeError):
             pass
         if previous != config_hash(config) and not extend:
-            raise ValueError(f"cannot resume {str(self.path)!r}: its results were written by "
-                             f"{'another config' if previous else 'an unknown config (no metadata.json)'}; pass "
+            raise ValueError(f"cannot resume {str(self.path)!r}: its results were written by {why}; pass "
                              f"--extend to add this config's cells to them, or choose another --out")
         return table.to_dict("records")
 
     def _lock(self) -> None:
+        import fcntl  # POSIX; imported here so that importing this module works everywhere
+
         fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

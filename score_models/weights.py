@@ -15,7 +15,7 @@ from typing import Any, Dict, Union
 
 import torch
 
-__all__ = ["load_tensors", "load_state_dict_into"]
+__all__ = ["load_tensors", "load_state_dict_into", "one_line_error"]
 
 PathLike = Union[str, Path]
 
@@ -33,7 +33,7 @@ def load_tensors(path: PathLike) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file ({_first_line(e)})") from None
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file ({one_line_error(e)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -47,7 +47,7 @@ def load_tensors(path: PathLike) -> Any:
                          f"unpickling those can run code; nfebench reads only tensor checkpoints "
                          f"(state dicts saved with torch.save, or .safetensors)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({one_line_error(e)})") from None
 
 
 def load_state_dict_into(module: torch.nn.Module, source: PathLike | Dict[str, torch.Tensor],
@@ -61,11 +61,11 @@ def load_state_dict_into(module: torch.nn.Module, source: PathLike | Dict[str, t
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{where!r} does not fit {type(module).__name__}: {_first_line(e)}") from None
+        raise ValueError(f"{where!r} does not fit {type(module).__name__}: {one_line_error(e)}") from None
     return module
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
+def one_line_error(error: BaseException, limit: int = 300) -> str:
     """The error's message on one line, shortened; never torch's advice about weights_only."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     if not lines or any("weights_only" in line for line in lines):

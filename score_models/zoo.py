@@ -283,7 +283,11 @@ def load_diffusers(source: str, device: Union[str, torch.device] = "cpu") -> Dif
     cls = getattr(diffusers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
         raise ValueError(f"{source!r}: unknown diffusers model class {class_name!r}")
-    module = load_state_dict_into(cls.from_config(model_config), _diffusers_state_dict(model_dir), where=str(model_dir))
+    module = cls.from_config(model_config)
+    state = _diffusers_state_dict(model_dir)
+    if hasattr(module, "_fix_state_dict_keys_on_load"):
+        module._fix_state_dict_keys_on_load(state)  # renames old attention keys, as from_pretrained does
+    module = load_state_dict_into(module, state, where=str(model_dir))
     scheduler = diffusers.DDPMScheduler.from_config(sched_config)
     prediction = _DIFFUSERS_PREDICTIONS.get(sched_config.get("prediction_type", "epsilon"))
     if prediction is None:

@@ -25,7 +25,7 @@ def check_budget(nfe: Any) -> Optional[int]:
     1..MAX_NFE."""
     if nfe is None:
         return None
-    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral):
+    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Real) or not float(nfe).is_integer():
         raise ValueError(f"nfe must be a whole number, got {nfe!r}")
     if not 1 <= int(nfe) <= MAX_NFE:
         raise ValueError(f"nfe must lie in 1..{MAX_NFE}, got {nfe}")
@@ -98,6 +98,9 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     reports.
     """
     spec = get(name)
+    if spec.exclusive and name not in model.native_samplers:
+        raise ValueError(f"{name} runs only on models that name it as a native sampler (few-step students); "
+                         f"{model!r} names {', '.join(model.native_samplers) or 'none'}")
     spec.check_options(options)
     nfe = check_budget(nfe)
     check_noise(model, noise)

@@ -18,6 +18,7 @@ from benchmarks.rundir import RunDirectory
 from score_models import zoo
 
 HERE = Path(__file__).resolve().parent
+HEADER = "model,series,nfe_budget,seed,status,error,nfe,wall_s,s_per_sample"
 ROOT = HERE.parent
 
 CONFIG = """
@@ -142,7 +143,7 @@ def test_plot_and_compare_on_tables_that_are_not_ours(tmp_path, capsys):
     code, err = run_cli(["compare", str(empty), str(empty)], capsys)
     assert code == 2 and "is not a results table" in one_line(err)
     bad = tmp_path / "bad.csv"
-    bad.write_text("model,series,nfe_budget,seed,status,solver_error\nm,s,4,0,ok,abc\n")
+    bad.write_text(f"{HEADER},solver_error\nm,s,4,0,ok,,4,0.1,0.01,abc\n")
     code, err = run_cli(["plot", str(bad)], capsys)
     assert code == 2 and "column 'solver_error' holds a non-numeric value 'abc'" in one_line(err)
 
@@ -217,3 +218,34 @@ def test_ctrl_c_keeps_finished_rows_and_reports_them(tmp_path):
     rows = pd.read_csv(out / "results.csv")
     assert 2 <= len(rows) < 15 and (out / "results.md").is_file()
     assert "(interrupted)" in (out / "results.md").read_text()
+
+
+def test_literal_nan_in_a_numeric_column_is_a_missing_value(tmp_path, capsys):
+    table = tmp_path / "nan.csv"
+    table.write_text(f"{HEADER},solver_error\nm,s,4,0,ok,,4,0.1,0.01,NaN\nm,s,8,0,ok,,8,0.2,0.02,0.5\n")
+    code, err = run_cli(["compare", str(table), str(table)], capsys)
+    assert code == 0, err
+
+
+def test_extend_keeps_the_columns_of_the_rows_already_there(tmp_path):
+    out = tmp_path / "run"
+    first = write_config(tmp_path, run='metrics = ["solver_error"]')
+    assert main(["run", str(first), "--out", str(out), "--quiet"]) == 0
+    other = write_config(tmp_path, run='metrics = ["sliced_wasserstein"]', sampler="heun", name="other.toml")
+    assert main(["run", str(other), "--out", str(out), "--extend", "--quiet"]) == 0
+    table = pd.read_csv(out / "results.csv")
+    assert {"solver_error", "sliced_wasserstein"} <= set(table.columns)
+    assert table.loc[table["sampler"] == "euler", "solver_error"].notna().all()
+
+
+def test_exclusive_samplers_refuse_models_that_do_not_name_them():
+    with pytest.raises(ValueError, match="consistency runs only on models that name it as a native sampler"):
+        solvers.sample("consistency", zoo.load("gmm:ring8", schedule="edm"), torch.randn(2, 2), nfe=2)
+
+
+def test_error_text_never_carries_the_advice_to_unpickle_in_full():
+    from score_models.weights import one_line_error
+
+    advice = RuntimeError("Weights only load failed.\nRe-running `torch.load` with `weights_only` set to `False` will "
+                          "likely succeed, but it can result in arbitrary code execution.")
+    assert "weights_only" not in one_line_error(advice) and one_line_error(advice) == "RuntimeError"

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from score_models.parameterization import DiffusionModel
-from score_models.weights import load_tensors
+from score_models.weights import load_tensors, one_line_error
 
 from ..results import write_bytes_atomic
 from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
@@ -106,11 +106,13 @@ def make_extractor(reference: Dict[str, Any], device: torch.device):
         with mock.patch.object(module, "load_state_dict_from_url", _download_hook(state_dict)):
             extractor = create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
     except Exception as e:
+        # one_line_error never passes on torch's advice to retry with weights_only=False
         if weights:
             raise ValueError(f"feature extractor weights {weights!r} do not fit {name!r} "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                             f"({type(e).__name__}: {one_line_error(e)})") from None
         raise RuntimeError(
-            f"could not load the weights of feature extractor {name!r} ({type(e).__name__}: {e}). This machine may "
+            f"could not load the weights of feature extractor {name!r} ({type(e).__name__}: {one_line_error(e)}). "
+            f"This machine may "
             f"be offline: download them once (for inception-v3-compat: "
             f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth) "
             f"and give the path as [run.reference] weights = \"PATH\" or in ${INCEPTION_ENV}") from None

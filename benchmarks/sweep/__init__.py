@@ -38,7 +38,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: b
     if dist.rank == 0:
         try:
             run_dir.open(cfg.to_dict(), resume, extend)
-        except (ValueError, FileExistsError) as e:
+        except Exception as e:  # noqa: BLE001 - passed to every rank, then raised
             error = e
     error = dist.broadcast(error)  # every rank stops when the directory cannot be used
     if error is not None:
@@ -59,6 +59,8 @@ def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, prog
     ctx = RunContext(cfg, device, getattr(torch, cfg.dtype), {}, {}, dist, out_dir)
     cells, skipped = expand_cells(cfg, lambda spec: load_model(ctx, spec))
     columns = RESULT_COLUMNS + [c for name in cfg.metrics for c in METRICS[name].columns]
+    # Columns of rows already there (a run extended with another config's metrics) are kept.
+    columns += [c for c in dict.fromkeys(k for r in rows for k in r) if c not in columns]
     done = None
     if dist.rank == 0:
         info = {**metadata(cfg, device, skipped, dist.world), "config_hash": config_hash(cfg.to_dict())}

@@ -33,9 +33,10 @@ class Cell:
         return (self.model.key, self.series.key, self.nfe_budget, self.seed)
 
 
-def runs_on(sampler: str, model: DiffusionModel) -> bool:
-    """Whether a sweep pairs this sampler with this model (see the module docstring)."""
-    if model.native_samplers:
+def runs_on(sampler: str, model: Optional[DiffusionModel]) -> bool:
+    """Whether a sweep pairs this sampler with this model (see the module docstring); a model
+    that failed to load (None) is paired like any teacher, and its cells fail as rows."""
+    if model is not None and model.native_samplers:
         return sampler in model.native_samplers
     return not solvers.get(sampler).exclusive
 
@@ -52,7 +53,10 @@ def expand_cells(cfg: SweepConfig, load: Optional[Callable[[ModelSpec], Diffusio
             return loaded[spec.key]
     cells, skipped = [], []
     for model_spec in cfg.models:
-        model = load(model_spec)
+        try:
+            model: Optional[DiffusionModel] = load(model_spec)
+        except Exception:  # noqa: BLE001 - run_cell loads it again and records the failure in its rows
+            model = None
         for series in cfg.samplers:
             if model_spec.series is not None and series.key not in model_spec.series:
                 continue
@@ -63,7 +67,7 @@ def expand_cells(cfg: SweepConfig, load: Optional[Callable[[ModelSpec], Diffusio
                 if not spec.adaptive:
                     try:
                         steps = spec.steps_for_budget(nfe, spec.ends_at_data(series.options, model), series.options)
-                        if not spec.grid_options:  # the model's own grid: it may allow one step count only
+                        if not spec.grid_options and model is not None:  # a student's grid: one step count
                             model.own_grid(steps)
                     except ValueError as e:
                         skipped.append(f"{series.key} @ nfe={nfe}: {e}")

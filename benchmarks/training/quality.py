@@ -14,6 +14,13 @@ from score_models.data import digits
 __all__ = ["toy2d_quality", "digits_unet_quality", "student_quality"]
 
 
+def _classifier(weights: Optional[Path]):
+    """The digits classifier trained into ``weights`` when it is there, else the shipped one."""
+    if weights is not None and (Path(weights) / "digits-classifier.pt").is_file():
+        return shipped.load_classifier("digits-classifier", Path(weights))
+    return shipped.load_classifier("digits-classifier")
+
+
 def toy2d_quality(name: str, weights: Optional[Path] = None) -> Dict[str, float]:
     import solvers
     from benchmarks.metrics import sliced_wasserstein
@@ -37,7 +44,7 @@ def digits_unet_quality(n_per_class: int = 100, seed: int = 0, weights: Optional
     from benchmarks.metrics import frechet_distance
     from score_models import zoo
 
-    classifier = shipped.load_classifier("digits-classifier")
+    classifier = _classifier(weights)
     model = zoo.load("digits-unet", weights_dir=weights)
     x_train, _ = digits("train")
     x_test, _ = digits("test")
@@ -75,7 +82,7 @@ def student_quality(name: str, n: int = 2000, seed: int = 1, weights: Optional[P
     kind = model.native_samplers[0]
     budgets = [model.steps] if kind == "distilled" else [1, 2, 4]
     digits_model = name.startswith("digits")
-    classifier = shipped.load_classifier("digits-classifier") if digits_model else None
+    classifier = _classifier(weights) if digits_model else None
     reference = model.sample_data(n, generator=torch.Generator().manual_seed(seed + 1))
     out: Dict[str, Any] = {}
     with torch.inference_mode():

@@ -148,9 +148,8 @@ def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Singlestep DPM-Solver++(2S) and DPM-Solver-3 in the data prediction, ``order`` NFE per step.
 
-    2S: intermediate point at r1 = 1/2 of the
-    step in lambda) and 3S (points at r1 = 1/3, r2 = 2/3; the "dpmsolver" third-order update
-    of Lu et al. 2022a written for D). ``order`` evaluations per step."""
+    2S: an intermediate point at r1 = 1/2 of the step in lambda; 3S: points at r1 = 1/3 and
+    r2 = 2/3 (the "dpmsolver" third-order update of Lu et al. 2022a written for D)."""
     sched = model.schedule
     sig, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
 
