@@ -24,6 +24,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     progress = not args.quiet and sys.stderr.isatty()
     start = time.perf_counter()
+    def write_report(df, title: str) -> str:
+        meta = json.loads((out / "metadata.json").read_text())
+        report = markdown_report(df, title=title, protocol=meta["protocol"])
+        write_atomic(out / "results.md", report)
+        return report
+
     try:
         df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend)
     except KeyboardInterrupt:
@@ -33,17 +39,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from .results import read_results
 
             df = read_results(csv)
-            meta = json.loads((out / "metadata.json").read_text())
-            write_atomic(out / "results.md", markdown_report(df, title=f"nfebench: {cfg.name} (interrupted)",
-                                                             protocol=meta["protocol"]))
+            write_report(df, f"nfebench: {cfg.name} (interrupted)")
             print(f"nfebench: interrupted; {len(df)} finished cells kept in {csv} and reported in "
                   f"{out / 'results.md'} (continue with --resume)", file=sys.stderr)
         else:
             print("nfebench: interrupted before any cell finished", file=sys.stderr)
         return 130
-    meta = json.loads((out / "metadata.json").read_text())
-    report = markdown_report(df, title=f"nfebench: {cfg.name}", protocol=meta["protocol"])
-    write_atomic(out / "results.md", report)
+    report = write_report(df, f"nfebench: {cfg.name}")
     plots = write_plots(df, out)
     if not args.quiet:
         print(report)

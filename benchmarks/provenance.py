@@ -1,6 +1,8 @@
 """Where a result came from: package versions, the git commit and the run's metadata.json."""
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from typing import Any, Dict, List
 
 import torch
 
-__all__ = ["package_versions", "git_commit", "metadata"]
+__all__ = ["package_versions", "git_commit", "config_hash", "metadata"]
 
 
 def package_versions(*extra: str) -> Dict[str, str]:
@@ -33,11 +35,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def config_hash(config: Dict[str, Any]) -> str:
+    """A stable hash of a config (as SweepConfig.to_dict() gives it); kept in metadata.json so a
+    resume can tell whether the same config wrote a run directory."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def metadata(cfg: Any, device: torch.device, skipped: List[str], world_size: int = 1) -> Dict[str, Any]:
     """The contents of a run's metadata.json: config, versions, commit, device and protocol."""
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "config": cfg.to_dict(),
+        "config_hash": config_hash(cfg.to_dict()),
         "versions": package_versions("scipy", "pandas", "torchdiffeq", "nfebench"),
         "git_commit": git_commit(),
         "device": str(device),

@@ -8,20 +8,15 @@ user asks to extend it with another config.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .provenance import config_hash
 from .results import KEY_COLUMNS, read_results
 
-__all__ = ["RunDirectory", "config_hash", "ensure_writable_directory"]
-
-
-def config_hash(config: Dict[str, Any]) -> str:
-    """A stable hash of a config (as SweepConfig.to_dict() gives it)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+__all__ = ["RunDirectory", "ensure_writable_directory"]
 
 
 def ensure_writable_directory(directory: Path) -> None:

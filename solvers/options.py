@@ -13,7 +13,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["Check", "at_least", "above", "one_of", "check_value", "grid_option_checks"]
+from .grids import GRIDS, SPACINGS
+
+__all__ = ["Check", "at_least", "above", "one_of", "check_value", "check_grid_value", "GRID_OPTION_CHECKS"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,18 @@ def _type_problem(value: Any, default: Any) -> Optional[str]:
     return None
 
 
+def _plain(value: Any) -> Any:
+    """A 0-d tensor or a numpy scalar (np.float64, np.bool_) as the Python value it stands for."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return value.item()
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        return value.item()
+    return value
+
+
 def check_value(sampler: str, name: str, value: Any, default: Any, check: Optional[Check]) -> None:
     """ValueError naming the option, the value and what is valid, when ``value`` does not fit."""
+    value = _plain(value)
     problem = _type_problem(value, default)
     if problem is None and check is not None and not check.admits(value):
         problem = "is not valid"
@@ -86,21 +98,21 @@ def check_value(sampler: str, name: str, value: Any, default: Any, check: Option
         raise ValueError(f"option {name}={value!r} of sampler {sampler!r} {problem}; valid: {valid}")
 
 
-def grid_option_checks() -> Dict[str, Tuple[Any, Optional[Check]]]:
-    """(a default standing for the type, check) of each grid option; ``grid`` may also be a tensor."""
-    from .grids import GRIDS, SPACINGS
-
-    return {"grid": ("edm", one_of(*GRIDS)), "rho": (7.0, above(0.0)), "t_min": (0.0, None), "t_max": (0.0, None),
-            "to_zero": (True, None), "spacing": ("leading", one_of(*SPACINGS)), "steps_offset": (0, at_least(0))}
+#: (a default standing for the type, check) of each grid option; ``grid`` may also be a tensor.
+GRID_OPTION_CHECKS: Dict[str, Tuple[Any, Optional[Check]]] = {
+    "grid": ("edm", one_of(*GRIDS)), "rho": (7.0, above(0.0)), "t_min": (0.0, None), "t_max": (0.0, None),
+    "to_zero": (True, None), "spacing": ("leading", one_of(*SPACINGS)), "steps_offset": (0, at_least(0)),
+}
 
 
 def check_grid_value(sampler: str, name: str, value: Any, tensor_grid_allowed: bool) -> None:
-    if name == "grid" and isinstance(value, torch.Tensor):
+    """As :func:`check_value` for a grid option (a tensor grid where ``tensor_grid_allowed``)."""
+    if name == "grid" and isinstance(value, torch.Tensor) and value.dim() > 0:
         if not tensor_grid_allowed:
             raise ValueError(f"option grid of sampler {sampler!r} must be a grid name here; valid: "
-                             f"{grid_option_checks()['grid'][1].describe()}")
+                             f"{GRID_OPTION_CHECKS['grid'][1].describe()}")
         return
-    default, check = grid_option_checks()[name]
+    default, check = GRID_OPTION_CHECKS[name]
     try:
         check_value(sampler, name, value, default, check)
     except ValueError as e:

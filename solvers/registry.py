@@ -85,10 +85,6 @@ class SamplerSpec:
             raise ValueError(f"unknown option(s) {unknown} for sampler {self.name!r}; "
                              f"valid: {', '.join(self.options) or 'none'}")
         for name, value in options.items():
-            if isinstance(value, torch.Tensor) and value.dim() == 0:
-                value = value.item()  # a scalar tensor stands for its number
-            elif hasattr(value, "item") and type(value).__module__ == "numpy":
-                value = value.item()  # numpy scalars (np.float64, np.bool_) for their Python values
             if name in self.grid_options:
                 check_grid_value(self.name, name, value, tensor_grid_allowed)
             else:

@@ -19,13 +19,18 @@ from ..distributed import init_distributed
 from ..metrics import METRICS
 from ..provenance import metadata
 from ..results import RESULT_COLUMNS, write_atomic
-from ..rundir import RunDirectory, config_hash
+from ..rundir import RunDirectory
 from ..timing import resolve_device
 from .cells import Cell, all_batches, batch_generator, expand_cells, runs_on
 from .execute import RunContext, compile_network, load_model, run_cell
 
 __all__ = ["run_sweep", "expand_cells", "runs_on", "run_cell", "compile_network", "Cell", "batch_generator",
            "all_batches"]
+
+
+def _row_key(row: Dict[str, Any]) -> tuple:
+    """A results row's cell key, as Cell.key spells it."""
+    return (str(row["model"]), str(row["series"]), int(row["nfe_budget"]), int(row["seed"]))
 
 
 def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: bool = True,
@@ -63,9 +68,8 @@ def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, prog
     columns += [c for c in dict.fromkeys(k for r in rows for k in r) if c not in columns]
     done = None
     if dist.rank == 0:
-        info = {**metadata(cfg, device, skipped, dist.world), "config_hash": config_hash(cfg.to_dict())}
-        write_atomic(out_dir / "metadata.json", json.dumps(info, indent=2) + "\n")
-        done = {(str(r["model"]), str(r["series"]), int(r["nfe_budget"]), int(r["seed"])) for r in rows}
+        write_atomic(out_dir / "metadata.json", json.dumps(metadata(cfg, device, skipped, dist.world), indent=2) + "\n")
+        done = {_row_key(r) for r in rows}
     done = dist.broadcast(done)
 
     todo = [c for c in cells if c.key not in done]
@@ -83,7 +87,7 @@ def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, prog
     if dist.rank != 0:
         return pd.DataFrame(columns=columns)
     order = {c.key: i for i, c in enumerate(cells)}
-    rows.sort(key=lambda r: order.get((r["model"], r["series"], int(r["nfe_budget"]), int(r["seed"])), len(order)))
+    rows.sort(key=lambda r: order.get(_row_key(r), len(order)))
     df = pd.DataFrame(rows, columns=columns)
     write_atomic(csv_path, df.to_csv(index=False))
     return df

@@ -14,11 +14,11 @@ from score_models.data import digits
 __all__ = ["toy2d_quality", "digits_unet_quality", "student_quality"]
 
 
-def _classifier(weights: Optional[Path]):
-    """The digits classifier trained into ``weights`` when it is there, else the shipped one."""
-    if weights is not None and (Path(weights) / "digits-classifier.pt").is_file():
-        return shipped.load_classifier("digits-classifier", Path(weights))
-    return shipped.load_classifier("digits-classifier")
+def _classifier_features(weights: Optional[Path]):
+    """x -> the digits classifier's penultimate features (float64), from the classifier trained
+    into ``weights`` when it is there, else the shipped one."""
+    classifier = shipped.load_classifier("digits-classifier", shipped.directory_for("digits-classifier", weights))
+    return classifier, lambda x: classifier.features(x.clamp(-1, 1)).double()
 
 
 def toy2d_quality(name: str, weights: Optional[Path] = None) -> Dict[str, float]:
@@ -44,7 +44,7 @@ def digits_unet_quality(n_per_class: int = 100, seed: int = 0, weights: Optional
     from benchmarks.metrics import frechet_distance
     from score_models import zoo
 
-    classifier = _classifier(weights)
+    classifier, f = _classifier_features(weights)
     model = zoo.load("digits-unet", weights_dir=weights)
     x_train, _ = digits("train")
     x_test, _ = digits("test")
@@ -60,7 +60,6 @@ def digits_unet_quality(n_per_class: int = 100, seed: int = 0, weights: Optional
         accuracy = float((classifier(cond).argmax(1) == labels).float().mean())
         uncond = torch.cat([solvers.sample("ddpm", model, torch.randn((n, 1, 8, 8), generator=g), nfe=1000,
                                            spacing="leading", generator=g) for n in (500, 500, len(x_train) - 1000)])
-        f = lambda x: classifier.features(x.clamp(-1, 1)).double()
         fd_samples = frechet_distance(f(uncond), f(x_test))
         fd_train_test = frechet_distance(f(x_train), f(x_test))
     return {"classifier_accuracy_on_conditional_samples": accuracy, "fd_unconditional_vs_test": fd_samples,
@@ -82,7 +81,7 @@ def student_quality(name: str, n: int = 2000, seed: int = 1, weights: Optional[P
     kind = model.native_samplers[0]
     budgets = [model.steps] if kind == "distilled" else [1, 2, 4]
     digits_model = name.startswith("digits")
-    classifier = _classifier(weights) if digits_model else None
+    f = _classifier_features(weights)[1] if digits_model else None
     reference = model.sample_data(n, generator=torch.Generator().manual_seed(seed + 1))
     out: Dict[str, Any] = {}
     with torch.inference_mode():
@@ -90,7 +89,6 @@ def student_quality(name: str, n: int = 2000, seed: int = 1, weights: Optional[P
             g = torch.Generator().manual_seed(seed)
             x = solvers.sample(kind, model, torch.randn((n,) + model.sample_shape, generator=g), nfe=nfe, generator=g)
             if digits_model:
-                f = lambda v: classifier.features(v.clamp(-1, 1)).double()
                 out[f"fd_vs_test_{nfe}nfe"] = frechet_distance(f(x), f(reference))
             else:
                 out[f"sliced_w2_{nfe}nfe"] = sliced_wasserstein(x, reference)

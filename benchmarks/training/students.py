@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict
 import torch
 from torch import nn
 
-from score_models import zoo
+from score_models import shipped, zoo
 from score_models.data import digits, toy2d
 
 from .consistency import consistency_distillation
@@ -35,7 +35,7 @@ _STUDENT_SETTINGS = {"digits-unet": dict(batch_size=128, lr=3e-4, ema=0.999),
 
 def _teacher(name: str, weights: Path):
     """A teacher from the training output directory when it was trained there, else the shipped one."""
-    return zoo.load(name, weights_dir=weights if (Path(weights) / f"{name}.pt").is_file() else None)
+    return zoo.load(name, weights_dir=shipped.directory_for(name, weights))
 
 
 def train_distilled(base: str, student_steps: int, steps: int, seed: int, quiet: bool,

@@ -15,11 +15,12 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-DIRECTORY = Path(__file__).resolve().parent
-
 from ..weights import load_state_dict_into, load_tensors
 
-__all__ = ["DIRECTORY", "save", "card", "checkpoint_path", "load_state", "load_into", "load_classifier", "available"]
+DIRECTORY = Path(__file__).resolve().parent
+
+__all__ = ["DIRECTORY", "save", "card", "checkpoint_path", "load_state", "load_into", "load_classifier", "available",
+           "directory_for"]
 
 
 def available() -> list[str]:
@@ -41,33 +42,43 @@ def save(net: nn.Module, card_data: Dict[str, Any], directory: Path = DIRECTORY)
 
 
 def card(name: str, directory: Path = DIRECTORY) -> Dict[str, Any]:
-    path = Path(directory) / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(f"no card for {name!r} in {directory}; available: {', '.join(available()) or 'none'} "
-                         f"(train it with: nfebench train {name})")
+    path = _existing(name, ".json", "card", directory)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"card {str(path)!r} is not valid JSON ({e})") from None
 
 
-def checkpoint_path(name: str, directory: Path = DIRECTORY) -> Path:
-    """``directory/<name>.pt``; ValueError naming what is there when it is missing."""
-    path = Path(directory) / f"{name}.pt"
+def _existing(name: str, suffix: str, what: str, directory: Path) -> Path:
+    """``directory/<name><suffix>``; ValueError naming what the directory holds when it is missing."""
+    path = Path(directory) / f"{name}{suffix}"
     if not path.is_file():
-        there = sorted(p.stem for p in Path(directory).glob("*.pt")) if Path(directory).is_dir() else []
-        raise ValueError(f"no checkpoint for {name!r} in {directory}; available there: {', '.join(there) or 'none'} "
+        there = sorted(p.stem for p in Path(directory).glob(f"*{suffix}")) if Path(directory).is_dir() else []
+        raise ValueError(f"no {what} for {name!r} in {directory}; available there: {', '.join(there) or 'none'} "
                          f"(train it with: nfebench train {name})")
     return path
+
+
+def checkpoint_path(name: str, directory: Path = DIRECTORY) -> Path:
+    """``directory/<name>.pt``; ValueError naming what is there when it is missing."""
+    return _existing(name, ".pt", "checkpoint", directory)
+
+
+def directory_for(name: str, trained: Path | None) -> Path:
+    """Where to read ``name`` from: a training output directory when it holds that checkpoint
+    (trained there), else this package's."""
+    return Path(trained) if trained is not None and (Path(trained) / f"{name}.pt").is_file() else DIRECTORY
 
 
 def load_state(name: str, directory: Path = DIRECTORY) -> Dict[str, torch.Tensor]:
     return load_tensors(checkpoint_path(name, directory))
 
 
-def load_into(net: nn.Module, name: str, directory: Path = DIRECTORY) -> nn.Module:
-    """``net`` with the checkpoint ``name`` loaded, in eval mode, without gradients."""
-    return load_state_dict_into(net, checkpoint_path(name, directory)).eval().requires_grad_(False)
+def load_into(net: nn.Module, name: str, directory: Path = DIRECTORY, path: Path | None = None) -> nn.Module:
+    """``net`` with the checkpoint ``name`` (or the weights file ``path``) loaded, in eval mode,
+    without gradients."""
+    source = path if path is not None else checkpoint_path(name, directory)
+    return load_state_dict_into(net, source).eval().requires_grad_(False)
 
 
 def load_classifier(name: str = "digits-classifier", directory: Path = DIRECTORY, path: Path | None = None) -> nn.Module:
@@ -75,7 +86,4 @@ def load_classifier(name: str = "digits-classifier", directory: Path = DIRECTORY
     the weights file ``path``."""
     from ..nets import DigitsClassifier
 
-    net = DigitsClassifier(time_conditioned=name == "digits-noisy-classifier")
-    if path is not None:
-        return load_state_dict_into(net, path).eval().requires_grad_(False)
-    return load_into(net, name, directory)
+    return load_into(DigitsClassifier(time_conditioned=name == "digits-noisy-classifier"), name, directory, path)
