@@ -69,6 +69,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     print("samplers (N = steps, to_zero = the grid ends at sigma = 0):")
     print("\n".join(catalogue.sampler_lines()))
+    print("grids (grid=; every sampler with grid options takes them):")
+    print("\n".join(catalogue.grid_lines()))
     print("models:\n  " + "\n  ".join(zoo.available()))
     print("schedules:\n  " + ", ".join(SCHEDULES))
     print("metrics:\n  " + ", ".join(sorted(METRICS)))

@@ -11,10 +11,10 @@ from score_models.fields import NFEBudgetExceeded
 
 from . import grids
 from .grids import GRIDS, time_grid
-from .registry import GRID_OPTIONS, SamplerSpec, available, get, register
+from .registry import GRID_OPTIONS, Alias, SamplerSpec, aliases, available, get, register
 from .sampling import MAX_NFE, sample
 
 __all__ = [
-    "sample", "available", "get", "register", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
+    "sample", "available", "aliases", "get", "register", "Alias", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
     "MAX_NFE", "NFEBudgetExceeded",
 ]

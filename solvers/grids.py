@@ -7,54 +7,178 @@ n_steps + 1 spaced points from t_max to t_min.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple, Union
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
 from score_models.distilled import nested_times  # noqa: F401  (a student's grid, declared with the student)
 from score_models.schedules import Schedule, as_time
 
-GRIDS = ("uniform", "quadratic", "edm", "logsnr")
 #: Discrete timestep spacings (Lin et al. 2024, Table 2), for schedules with training timesteps.
 SPACINGS = ("leading", "trailing", "linspace")
 GridSpec = Union[str, torch.Tensor]
 
-__all__ = ["GRIDS", "SPACINGS", "time_grid", "check_grid", "spaced_times", "discrete_timesteps", "nested_times",
-           "alpha_sigma_steps"]
+
+@dataclass(frozen=True)
+class GridParams:
+    """The parameters some named grids take (each grid reads only its own)."""
+
+    rho: Optional[float] = None  # karras/edm: 7; polyexponential: 1 (k-diffusion's defaults)
+    beta_a: float = 0.6  # beta: the Beta(a, b) distribution's parameters (Lee et al. 2024)
+    beta_b: float = 0.6
+    vp_beta_d: float = 19.9  # vp: the VP-SDE's beta_d and beta_min (k-diffusion's get_sigmas_vp)
+    vp_beta_min: float = 0.1
+    lq_threshold: float = 0.025  # linear_quadratic: the noise fraction where linear turns quadratic
 
 
-def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float, rho: float = 7.0) -> torch.Tensor:
-    """n_points float64 times from t_max to t_min (both included) spaced as named:
+def _sigma_range(schedule: Schedule, t_max: float, t_min: float) -> Tuple[float, float]:
+    return float(schedule.sigma_tilde(t_max)), float(schedule.sigma_tilde(t_min))
 
-    - ``uniform``: evenly in t.
-    - ``quadratic``: t_min + (t_max - t_min) (1 - u)^2, dense near the data (Song et al. 2021a,
-      DDIM appendix D.2, "quadratic" timesteps).
-    - ``edm``: sigma~ = sigma/alpha evenly in sigma~^(1/rho) (Karras et al. 2022, eq. 5).
-    - ``logsnr``: evenly in lambda = log(alpha/sigma) (Lu et al. 2022, DPM-Solver sec. 3.3).
-    """
-    if grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; valid: {', '.join(GRIDS)} or a 1-D tensor of times")
+
+def _in_sigma(schedule: Schedule, sigmas: torch.Tensor) -> torch.Tensor:
+    return schedule.t_from_sigma_tilde(sigmas)
+
+
+def _uniform(schedule, u, t_max, t_min, p):
+    return t_max + u * (t_min - t_max)
+
+
+def _quadratic(schedule, u, t_max, t_min, p):
+    return t_min + (t_max - t_min) * (1.0 - u) ** 2
+
+
+def _karras(schedule, u, t_max, t_min, p):
+    rho = 7.0 if p.rho is None else p.rho
+    s_max, s_min = _sigma_range(schedule, t_max, t_min)
+    return _in_sigma(schedule, (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho)
+
+
+def _logsnr(schedule, u, t_max, t_min, p):
+    lam_max, lam_min = float(schedule.lambda_(t_max)), float(schedule.lambda_(t_min))
+    return schedule.inverse_lambda(lam_max + u * (lam_min - lam_max))
+
+
+def _polyexponential(schedule, u, t_max, t_min, p):
+    rho = 1.0 if p.rho is None else p.rho
+    s_max, s_min = _sigma_range(schedule, t_max, t_min)
+    ramp = (1.0 - u) ** rho
+    return _in_sigma(schedule, torch.exp(math.log(s_min) + ramp * (math.log(s_max) - math.log(s_min))))
+
+
+def _vp(schedule, u, t_max, t_min, p):
+    # The VP-SDE time tau with sigma~(tau)^2 = exp(beta_d tau^2/2 + beta_min tau) - 1, inverted at
+    # both ends, then stepped evenly in tau: k-diffusion's get_sigmas_vp when the ends agree.
+    def tau(sigma: float) -> float:
+        return (math.sqrt(p.vp_beta_min ** 2 + 2 * p.vp_beta_d * math.log1p(sigma ** 2)) - p.vp_beta_min) / p.vp_beta_d
+
+    s_max, s_min = _sigma_range(schedule, t_max, t_min)
+    taus = tau(s_max) + u * (tau(s_min) - tau(s_max))
+    return _in_sigma(schedule, torch.sqrt(torch.expm1(p.vp_beta_d * taus ** 2 / 2 + p.vp_beta_min * taus)))
+
+
+def _kl_optimal(schedule, u, t_max, t_min, p):
+    s_max, s_min = _sigma_range(schedule, t_max, t_min)
+    return _in_sigma(schedule, torch.tan((1.0 - u) * math.atan(s_max) + u * math.atan(s_min)))
+
+
+def _beta(schedule, u, t_max, t_min, p):
+    from scipy.stats import beta as beta_distribution
+
+    quantiles = torch.from_numpy(beta_distribution.ppf((1.0 - u).numpy(), p.beta_a, p.beta_b))
+    return t_min + (t_max - t_min) * quantiles
+
+
+def _linear_quadratic(schedule, u, t_max, t_min, p):
+    # Mochi's schedule (ComfyUI's linear_quadratic) as a noise fraction 1 -> 0 over the points,
+    # read as a fraction of [t_min, t_max]: linear up to lq_threshold over the first half of the
+    # steps, then quadratic, continuous in value and slope.
+    steps = u.numel() - 1
+    if steps < 2:
+        return _uniform(schedule, u, t_max, t_min, p)
+    linear_steps, threshold = steps // 2, p.lq_threshold
+    gap = linear_steps - threshold * steps
+    quadratic_steps = steps - linear_steps
+    quadratic_coef = gap / (linear_steps * quadratic_steps ** 2)
+    linear_coef = threshold / linear_steps - 2 * gap / quadratic_steps ** 2
+    const = quadratic_coef * linear_steps ** 2
+    i = torch.arange(steps + 1, dtype=torch.float64)
+    done = torch.where(i < linear_steps, i * threshold / linear_steps, quadratic_coef * i ** 2 + linear_coef * i + const)
+    done[-1] = 1.0
+    return t_min + (t_max - t_min) * (1.0 - done)
+
+
+#: Named grids: fraction u in [0, 1] of the way from t_max to t_min -> time.
+_GRID_FUNCTIONS: Dict[str, Callable[..., torch.Tensor]] = {
+    "uniform": _uniform, "quadratic": _quadratic, "edm": _karras, "karras": _karras, "logsnr": _logsnr,
+    "exponential": _logsnr, "polyexponential": _polyexponential, "vp": _vp, "kl_optimal": _kl_optimal,
+    "beta": _beta, "linear_quadratic": _linear_quadratic, "normal": _uniform, "sgm_uniform": _uniform,
+}
+#: Grids whose N levels are the first N of N + 1 (the last, t_min, is dropped before sigma = 0).
+_DROP_LAST_LEVEL = ("sgm_uniform", "beta")
+#: Grids that index a discrete schedule's training timesteps (ComfyUI's simple and ddim_uniform).
+DISCRETE_GRIDS = ("simple", "ddim_uniform")
+GRIDS = tuple(_GRID_FUNCTIONS) + DISCRETE_GRIDS
+#: What each named grid is, for ``nfebench list`` and the README.
+GRID_DESCRIPTIONS = {
+    "uniform": "evenly in t",
+    "quadratic": "t_min + (t_max - t_min)(1 - u)^2, dense near the data (Song et al. 2021a, DDIM appendix D.2)",
+    "edm": "evenly in sigma~^(1/rho), rho = 7 (Karras et al. 2022, eq. 5)",
+    "karras": "the same as edm (k-diffusion's get_sigmas_karras)",
+    "logsnr": "evenly in lambda = log(alpha/sigma) (Lu et al. 2022, sec. 3.3)",
+    "exponential": "evenly in log sigma~ (k-diffusion's get_sigmas_exponential); the same times as logsnr",
+    "polyexponential": "log sigma~ interpolated along (1 - u)^rho, rho = 1 (k-diffusion's get_sigmas_polyexponential)",
+    "vp": "evenly in the time of a VP-SDE with vp_beta_d, vp_beta_min (k-diffusion's get_sigmas_vp)",
+    "kl_optimal": "sigma~ = tan((1 - u) atan(sigma_max) + u atan(sigma_min)) (Sabour et al. 2024, eq. 16; ComfyUI)",
+    "beta": "t at the Beta(beta_a, beta_b) quantiles 1 - i/N (Lee et al. 2024; ComfyUI's beta, unrounded)",
+    "linear_quadratic": "linear then quadratic in t (Mochi; ComfyUI's linear_quadratic, threshold lq_threshold)",
+    "normal": "evenly in t from t_max to t_min (ComfyUI's normal; the same as uniform)",
+    "sgm_uniform": "evenly in t over N + 1 points, the last dropped (ComfyUI's sgm_uniform)",
+    "simple": "every (T/N)-th training timestep from T-1 down (ComfyUI's simple; discrete schedules)",
+    "ddim_uniform": "training timesteps 1 + k (T//N) (ComfyUI's ddim_uniform; discrete schedules)",
+}
+
+__all__ = ["GRIDS", "SPACINGS", "DISCRETE_GRIDS", "GRID_DESCRIPTIONS", "GridParams", "time_grid", "check_grid",
+           "spaced_times", "discrete_timesteps", "nested_times", "alpha_sigma_steps"]
+
+
+def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float,
+                 rho: Optional[float] = None, params: Optional[GridParams] = None) -> torch.Tensor:
+    """n_points float64 times from t_max to t_min (both included) spaced as the named grid says
+    (:data:`GRID_DESCRIPTIONS`), with u = i/(n_points - 1) the fraction of the way."""
+    if grid not in _GRID_FUNCTIONS:
+        raise ValueError(f"unknown grid {grid!r}; valid: {', '.join(_GRID_FUNCTIONS)} or a 1-D tensor of times")
     if n_points < 1:
         raise ValueError(f"a grid needs at least 1 point, got {n_points}")
+    params = params or GridParams()
+    if rho is not None:
+        params = replace(params, rho=rho)
+    if params.rho is not None and params.rho <= 0:
+        raise ValueError(f"rho must be > 0, got {params.rho}")
     if n_points == 1:
         return torch.tensor([t_max], dtype=torch.float64)
     u = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
-    if grid == "uniform":
-        t = t_max + u * (t_min - t_max)
-    elif grid == "quadratic":
-        t = t_min + (t_max - t_min) * (1.0 - u) ** 2
-    elif grid == "edm":
-        if rho <= 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
-        s_max, s_min = float(schedule.sigma_tilde(t_max)), float(schedule.sigma_tilde(t_min))
-        sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-        t = schedule.t_from_sigma_tilde(sig)
-    else:
-        lam_max, lam_min = float(schedule.lambda_(t_max)), float(schedule.lambda_(t_min))
-        t = schedule.inverse_lambda(lam_max + u * (lam_min - lam_max))
+    t = _GRID_FUNCTIONS[grid](schedule, u, t_max, t_min, params)
     # Pin the ends exactly; inverse maps may be off by round-off.
     t[0], t[-1] = t_max, t_min
     return t
+
+
+def _training_timestep_grid(schedule: Schedule, n_steps: int, grid: str) -> torch.Tensor:
+    """N descending training timesteps, as ComfyUI picks them from the model's sigma table."""
+    t_train = schedule.num_train_timesteps
+    if t_train is None:
+        raise ValueError(f"grid {grid!r} picks training timesteps, and {schedule.name} has none (it is continuous); "
+                         f"valid here: {', '.join(_GRID_FUNCTIONS)}")
+    if not 1 <= n_steps <= t_train - 1:
+        raise ValueError(f"grid {grid!r} needs 1 <= steps <= {t_train - 1}, got {n_steps}")
+    if grid == "simple":
+        index = [t_train - 1 - int(i * t_train / n_steps) for i in range(n_steps)]
+    else:
+        stride = max(t_train // n_steps, 1)
+        index = [1 + k * stride for k in reversed(range(n_steps))]
+    return torch.tensor(index, dtype=torch.float64)
 
 
 def discrete_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_offset: int = 0) -> torch.Tensor:
@@ -80,16 +204,26 @@ def discrete_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_off
     return ts.flip(0)
 
 
-def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *, rho: float = 7.0,
+def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *, rho: float | None = None,
               t_min: float | None = None, t_max: float | None = None, to_zero: bool = True,
-              spacing: str | None = None, steps_offset: int = 0) -> torch.Tensor:
+              spacing: str | None = None, steps_offset: int = 0, discard_penultimate: bool = False,
+              **grid_params: float) -> torch.Tensor:
     """The n_steps + 1 times a fixed-step sampler visits (see module docstring).
 
     ``grid`` is a name from :data:`GRIDS` or a 1-D tensor of times (validated and used as is;
     then n_steps must match its length - 1). ``spacing`` (instead of ``grid``) picks n_steps
     training timesteps of a discrete schedule (:func:`discrete_timesteps`), followed by t_data
     (``to_zero``, diffusers' ``set_alpha_to_one``) or by timestep 0 unless already there.
+    ``grid_params`` are the :class:`GridParams` of the named grid (e.g. ``beta_a=0.5``).
+
+    ``discard_penultimate`` builds the grid for n_steps + 1 steps and drops its second-to-last
+    time (ComfyUI does this for dpm_2 and uni_pc, so that the last step is a long one onto the
+    final level); it is an explicit option here and never implied by a sampler.
     """
+    if discard_penultimate:
+        longer = time_grid(schedule, n_steps + 1, grid, rho=rho, t_min=t_min, t_max=t_max, to_zero=to_zero,
+                           spacing=spacing, steps_offset=steps_offset, **grid_params)
+        return torch.cat([longer[:-2], longer[-1:]])
     if spacing is not None:
         if schedule.num_train_timesteps is None:
             raise ValueError(f"spacing={spacing!r} needs a discrete schedule with training timesteps "
@@ -111,7 +245,15 @@ def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *
     schedule.check_times(torch.tensor([t_max, t_min], dtype=torch.float64), "t_max/t_min")
     if not t_max > t_min:
         raise ValueError(f"need t_max > t_min, got t_max={t_max}, t_min={t_min}")
-    times = spaced_times(schedule, n_steps if to_zero else n_steps + 1, grid, t_max, t_min, rho)
+    params = GridParams(rho=rho, **grid_params)
+    if grid in DISCRETE_GRIDS:
+        if not to_zero:
+            raise ValueError(f"grid {grid!r} ends at sigma = 0 (ComfyUI's convention); it needs to_zero=True")
+        times = _training_timestep_grid(schedule, n_steps, grid)
+    elif grid in _DROP_LAST_LEVEL and to_zero:
+        times = spaced_times(schedule, n_steps + 1, grid, t_max, t_min, params=params)[:-1]
+    else:
+        times = spaced_times(schedule, n_steps if to_zero else n_steps + 1, grid, t_max, t_min, params=params)
     if to_zero:
         times = torch.cat([times, torch.tensor([schedule.t_data], dtype=torch.float64)])
     return times

@@ -102,6 +102,8 @@ def check_value(sampler: str, name: str, value: Any, default: Any, check: Option
 GRID_OPTION_CHECKS: Dict[str, Tuple[Any, Optional[Check]]] = {
     "grid": ("edm", one_of(*GRIDS)), "rho": (7.0, above(0.0)), "t_min": (0.0, None), "t_max": (0.0, None),
     "to_zero": (True, None), "spacing": ("leading", one_of(*SPACINGS)), "steps_offset": (0, at_least(0)),
+    "discard_penultimate": (False, None), "beta_a": (0.6, above(0.0)), "beta_b": (0.6, above(0.0)),
+    "vp_beta_d": (19.9, above(0.0)), "vp_beta_min": (0.1, at_least(0.0)), "lq_threshold": (0.025, above(0.0, 1.0)),
 }
 
 

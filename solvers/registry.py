@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -21,7 +21,8 @@ from .options import Check, check_grid_value, check_value
 from .rules import Rule
 
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
-GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset")
+GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset", "discard_penultimate",
+                "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold")
 #: Arguments every sampler function takes and that are not user options.
 _POSITIONAL = ("model", "x_T", "times")
 _PLUMBING = ("generator", "max_nfe", "stats")
@@ -29,7 +30,21 @@ _PLUMBING = ("generator", "max_nfe", "stats")
 #: and whether the grid ends at sigma = 0.
 NFE_VARIABLES = ("N", "to_zero")
 
-__all__ = ["SamplerSpec", "register", "get", "available", "GRID_OPTIONS", "NFE_VARIABLES"]
+__all__ = ["SamplerSpec", "Alias", "register", "get", "available", "aliases", "GRID_OPTIONS", "NFE_VARIABLES",
+           "REFERENCES"]
+
+#: The implementations whose names ``known_as`` may give, in the order they are listed.
+REFERENCES = ("k-diffusion", "ComfyUI", "diffusers")
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another name for a sampler with some options fixed (k-diffusion's ``dpmpp_2m`` is
+    ``dpm_solver`` with ``order=2``), and the names the reference implementations give it."""
+
+    name: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    known_as: Dict[str, str] = field(default_factory=dict)
 
 RuleLike = Union[Rule, str, float, int, None]
 
@@ -68,6 +83,10 @@ class SamplerSpec:
     exclusive: bool = False
     checks: Dict[str, Check] = field(default_factory=dict)
     requires: Tuple[Tuple[Rule, str], ...] = ()
+    known_as: Dict[str, str] = field(default_factory=dict)  # reference implementation -> its name
+    aliases: Tuple[Alias, ...] = ()
+    alias_of: Optional[str] = None  # set on an alias's spec: the sampler it runs
+    fixed: Dict[str, Any] = field(default_factory=dict)  # the options an alias sets
 
     @property
     def adaptive(self) -> bool:
@@ -82,8 +101,12 @@ class SamplerSpec:
         or options that break a declared cross-option rule; nothing runs before this passes."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for sampler {self.name!r}; "
-                             f"valid: {', '.join(self.options) or 'none'}")
+            raise ValueError(f"unknown option(s) {unknown} for sampler {self.name!r}; valid: "
+                             f"{', '.join(self.defaults) or 'none'}; grid options: {', '.join(self.grid_options) or 'none'}")
+        for name, value in options.items():
+            if name in self.fixed and not _same_value(value, self.fixed[name]):
+                raise ValueError(f"option {name}={value!r} conflicts with alias {self.name!r}, which is "
+                                 f"{self.alias_of} with {_options_text(self.fixed)}; use {self.alias_of} to set {name}")
         for name, value in options.items():
             if name in self.grid_options:
                 check_grid_value(self.name, name, value, tensor_grid_allowed)
@@ -96,7 +119,11 @@ class SamplerSpec:
                                  f"{', '.join(f'{k}={values[k]!r}' for k in sorted(rule.names))})")
 
     def with_defaults(self, options: Dict[str, Any]) -> Dict[str, Any]:
-        return {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}}
+        return {**self.defaults, **{k: v for k, v in {**self.fixed, **options}.items() if k in self.defaults}}
+
+    def with_fixed(self, options: Dict[str, Any]) -> Dict[str, Any]:
+        """``options`` plus the ones an alias fixes (what the sampler function receives)."""
+        return {**self.fixed, **options}
 
     def is_stochastic(self, options: Dict[str, Any]) -> bool:
         return self.stochastic or bool(self.stochastic_if and self.stochastic_if(self.with_defaults(options)))
@@ -108,7 +135,7 @@ class SamplerSpec:
         """The grid options in ``options`` over the ones the model declares (``grid_defaults``:
         a consistency model's chain ends at sigma_min, not 0), restricted to this sampler's."""
         declared = getattr(model, "grid_defaults", {}) if model is not None else {}
-        merged = {**declared, **options}
+        merged = {**declared, **self.fixed, **options}
         return {k: merged[k] for k in self.grid_options if k in merged}
 
     def ends_at_data(self, options: Dict[str, Any], model: Any = None) -> bool:
@@ -151,7 +178,8 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
              nfe_note: str = "", default_grid: str = "edm", grid_options: Tuple[str, ...] = GRID_OPTIONS,
              stochastic_if: RuleLike = None, variants: Tuple[Dict[str, Any], ...] = (),
              exclusive: bool = False, checks: Optional[Dict[str, Check]] = None,
-             requires: Optional[Dict[str, str]] = None) -> Callable:
+             requires: Optional[Dict[str, str]] = None, known_as: Optional[Dict[str, str]] = None,
+             aliases: Tuple[Alias, ...] = ()) -> Callable:
     """Decorator declaring a sampler ``fn(model, x_T, times, *, <options>, generator=None)``.
 
     ``nfe``: rule text in N (steps), to_zero and the options, e.g. ``"2*N - 1 if to_zero else
@@ -161,7 +189,10 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
     its options, typed by their defaults; ``checks`` gives an option's range or choices
     (:mod:`solvers.options`) and ``requires`` maps rule text over the options to the message shown
     when it fails. Registration checks the signature, the rules, the checks, the variants and that
-    the NFE rule is >= 1 and strictly increasing in N.
+    the NFE rule is >= 1 and strictly increasing in N. ``known_as`` maps a reference implementation
+    (:data:`REFERENCES`) to its name for this sampler; each :class:`Alias` is registered as a name
+    of its own that runs this sampler with its options fixed (an explicit conflicting option is an
+    error).
     """
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -200,9 +231,10 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
             stochastic_if=_as_rule(stochastic_if, defaults, f"{name} stochastic_if"), variants=tuple(variants),
             reports_stats="stats" in params, exclusive=exclusive, checks=dict(checks or {}),
             requires=tuple((Rule(text, defaults, f"{name} requirement"), message)
-                           for text, message in (requires or {}).items()))
-        for options in ({},) + spec.variants:
-            spec.check_options(options)  # the defaults and every variant are valid options
+                           for text, message in (requires or {}).items()),
+            known_as=_check_known_as(name, known_as or {}), aliases=tuple(aliases))
+        for options in ({},) + spec.variants + tuple(a.options for a in spec.aliases):
+            spec.check_options(options)  # the defaults, every variant and every alias are valid options
         if not spec.adaptive:
             for options in ({},) + spec.variants:
                 for ends in (True, False):
@@ -211,9 +243,30 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
                         raise ValueError(f"{name}: NFE rule {spec.nfe} must be >= 1 and strictly increasing in N, "
                                          f"got {counts} with options {options}")
         _REGISTRY[name] = spec
+        for alias in spec.aliases:
+            if alias.name in _REGISTRY:
+                raise ValueError(f"alias {alias.name!r} of {name} is already registered")
+            _REGISTRY[alias.name] = replace(spec, name=alias.name, alias_of=name, fixed=dict(alias.options),
+                                            known_as=_check_known_as(alias.name, alias.known_as), aliases=(),
+                                            variants=())
         return fn
 
     return wrap
+
+
+def _check_known_as(name: str, known_as: Dict[str, str]) -> Dict[str, str]:
+    unknown = sorted(set(known_as) - set(REFERENCES))
+    if unknown:
+        raise ValueError(f"{name}: known_as names unknown references {unknown}; valid: {', '.join(REFERENCES)}")
+    return dict(known_as)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b or (isinstance(a, float) and isinstance(b, (int, float)) and a == b)
+
+
+def _options_text(options: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items()) or "its defaults"
 
 
 def _summary(fn: Callable) -> str:
@@ -236,13 +289,19 @@ def _load_samplers() -> None:
 
 
 def available() -> list[str]:
-    """Names of all registered samplers, sorted."""
+    """Names of all registered samplers (aliases not included), sorted."""
     _load_samplers()
-    return sorted(_REGISTRY)
+    return sorted(name for name, spec in _REGISTRY.items() if spec.alias_of is None)
+
+
+def aliases() -> list[str]:
+    """Names of all registered aliases, sorted."""
+    _load_samplers()
+    return sorted(name for name, spec in _REGISTRY.items() if spec.alias_of is not None)
 
 
 def get(name: str) -> SamplerSpec:
-    """The :class:`SamplerSpec` of a registered sampler (ValueError naming the valid ones)."""
+    """The :class:`SamplerSpec` of a registered sampler or alias (ValueError naming the valid ones)."""
     _load_samplers()
     if name not in _REGISTRY:
         raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(sorted(_REGISTRY))}")

@@ -102,6 +102,7 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
         raise ValueError(f"{name} runs only on models that name it as a native sampler (few-step students); "
                          f"{model!r} names {', '.join(model.native_samplers) or 'none'}")
     spec.check_options(options)
+    options = spec.with_fixed(options)
     nfe = check_budget(nfe)
     check_noise(model, noise)
     times, n_steps = plan_times(spec, model, nfe, options)

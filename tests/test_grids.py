@@ -4,19 +4,28 @@ import pytest
 import torch
 
 from score_models import EDM, VE, DiscreteVP, VPLinear
-from solvers.grids import GRIDS, check_grid, time_grid
+from solvers.grids import DISCRETE_GRIDS, GRIDS, check_grid, time_grid
+
+#: Grids whose last level before sigma = 0 lies above t_min by construction.
+_ENDS_ABOVE_T_MIN = ("sgm_uniform", "beta", "simple", "ddim_uniform")
 
 
 @pytest.mark.parametrize("grid", GRIDS)
 def test_grids_are_float64_descending_and_pinned(schedule, grid):
-    for to_zero in (True, False):
+    if grid in DISCRETE_GRIDS and schedule.num_train_timesteps is None:
+        with pytest.raises(ValueError, match=f"grid '{grid}' picks training timesteps, and .* has none"):
+            time_grid(schedule, 10, grid)
+        return
+    for to_zero in (True, False) if grid not in DISCRETE_GRIDS else (True,):
         times = time_grid(schedule, 10, grid, to_zero=to_zero)
         assert times.dtype == torch.float64 and times.numel() == 11
         sig = schedule.sigma_tilde(times)
         assert bool((sig[1:] < sig[:-1]).all())
-        assert float(times[0]) == schedule.t_max
+        if grid != "ddim_uniform":
+            assert float(times[0]) == schedule.t_max
         if to_zero:
-            assert float(times[-1]) == schedule.t_data and float(times[-2]) == schedule.t_min
+            assert float(times[-1]) == schedule.t_data
+            assert (float(times[-2]) > schedule.t_min) == (grid in _ENDS_ABOVE_T_MIN)
         else:
             assert float(times[-1]) == schedule.t_min
 

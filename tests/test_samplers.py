@@ -168,12 +168,12 @@ def test_errors_name_valid_choices():
     noise = torch.randn(4, 2)
     with pytest.raises(ValueError, match=r"unknown sampler 'hune'; valid: consistency, ddim, ddpm, .*euler, euler_maruyama, heun"):
         solvers.sample("hune", model, noise, nfe=10)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: grid, rho, t_min, t_max, to_zero, spacing, steps_offset, s_churn"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: s_churn, s_tmin, s_tmax, s_noise; grid options: grid, rho, t_min, t_max, to_zero, spacing"):
         solvers.sample("heun", model, noise, nfe=10, churn=1.0)
     with pytest.raises(ValueError, match=r"heun needs nfe >= 2 \(got 1\)"):
         solvers.sample("heun", model, noise, nfe=1, to_zero=False)
-    with pytest.raises(ValueError, match=r"option grid='karras' of sampler 'euler' is not valid; valid: 'uniform', 'quadratic', 'edm', 'logsnr' or a 1-D tensor"):
-        solvers.sample("euler", model, noise, nfe=10, grid="karras")
+    with pytest.raises(ValueError, match=r"option grid='karas' of sampler 'euler' is not valid; valid: 'uniform', 'quadratic', 'edm', 'karras', .* or a 1-D tensor"):
+        solvers.sample("euler", model, noise, nfe=10, grid="karas")
     with pytest.raises(ValueError, match="needs nfe="):
         solvers.sample("euler", model, noise)
     with pytest.raises(ValueError, match="outside vp_linear's valid range"):

@@ -15,7 +15,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 
 from ..options import one_of
-from ..registry import register
+from ..registry import Alias, register
 
 __all__ = ["dpm_solver", "dpm_solver_singlestep", "ALGORITHMS", "THIRD_ORDER_TERMS"]
 
@@ -107,7 +107,11 @@ def _step_order(order: int, i: int, n_steps: int, lands_on_data: bool, lower_ord
           variants=({"order": 1}, {"order": 3}, {"algorithm": "dpmsolver"},
                     {"algorithm": "dpmsolver", "order": 3}, {"order": 3, "third_order_term": "diffusers"}),
           checks={"order": one_of(1, 2, 3), "algorithm": one_of(*ALGORITHMS),
-                  "third_order_term": one_of(*THIRD_ORDER_TERMS)})
+                  "third_order_term": one_of(*THIRD_ORDER_TERMS)},
+          known_as={"diffusers": "DPMSolverMultistepScheduler"},
+          aliases=(Alias("dpmpp_2m", {"order": 2, "algorithm": "dpmsolver++"},
+                         {"k-diffusion": "sample_dpmpp_2m", "ComfyUI": "dpmpp_2m",
+                          "diffusers": "DPMSolverMultistepScheduler(solver_order=2)"}),))
 def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
                algorithm: str = "dpmsolver++", lower_order_final: bool = True, third_order_term: str = "exact",
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
