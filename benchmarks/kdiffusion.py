@@ -4,7 +4,8 @@
 
 k-diffusion is not a dependency (installing it pins numpy below 2). Its ``sampling.py`` and the
 ``utils.py`` it imports load straight from the wheel (``pip download --no-deps k-diffusion``),
-found through ``--wheel`` or the ``NFEBENCH_K_DIFFUSION_WHEEL`` environment variable; they need
+found through ``--wheel``, the ``NFEBENCH_K_DIFFUSION_WHEEL`` environment variable, or
+downloaded once by :func:`download_wheel` into ``~/.cache/nfebench`` (the tests do this); they need
 only torch, scipy, torchsde, torchdiffeq, tqdm, PIL, safetensors and torchvision.
 
 Both sides get the same model, noise and noise levels: k-diffusion works on x~ = x/alpha against
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import subprocess
 import sys
 import types
 from dataclasses import dataclass, field
@@ -31,10 +33,27 @@ from score_models import zoo
 from score_models.parameterization import DiffusionModel
 from solvers.noise import randn_like
 
-__all__ = ["WHEEL_VARIABLE", "load_sampling", "denoiser", "KCase", "CASES", "run_case", "parity_table"]
+__all__ = ["WHEEL_VARIABLE", "K_DIFFUSION_VERSION", "download_wheel", "load_sampling", "denoiser", "KCase", "CASES", "run_case", "parity_table"]
 
 WHEEL_VARIABLE = "NFEBENCH_K_DIFFUSION_WHEEL"
+#: The release compared against (the last on PyPI; its sampling.py has the 13 samplers named here).
+K_DIFFUSION_VERSION = "0.1.1.post1"
 _PACKAGE = "_k_diffusion_reference"
+_CACHE = Path.home() / ".cache" / "nfebench"
+
+
+def download_wheel(directory: Path = _CACHE) -> Optional[str]:
+    """The k-diffusion wheel in ``directory``, fetched with pip (no dependencies) if missing;
+    None when pip cannot reach the package index."""
+    wheel = directory / f"k_diffusion-{K_DIFFUSION_VERSION}-py3-none-any.whl"
+    if not wheel.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                               f"k-diffusion=={K_DIFFUSION_VERSION}", "-d", str(directory)],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not wheel.is_file():
+            return None
+    return str(wheel)
 
 
 def load_sampling(wheel: Optional[str] = None) -> types.ModuleType:

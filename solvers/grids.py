@@ -116,7 +116,7 @@ _GRID_FUNCTIONS: Dict[str, Callable[..., torch.Tensor]] = {
     "beta": _beta, "linear_quadratic": _linear_quadratic, "normal": _uniform, "sgm_uniform": _uniform,
 }
 #: Grids whose N levels are the first N of N + 1 (the last, t_min, is dropped before sigma = 0).
-_DROP_LAST_LEVEL = ("sgm_uniform", "beta")
+_DROP_LAST_LEVEL = ("sgm_uniform", "beta", "linear_quadratic")
 #: Grids that index a discrete schedule's training timesteps (ComfyUI's simple and ddim_uniform).
 DISCRETE_GRIDS = ("simple", "ddim_uniform")
 GRIDS = tuple(_GRID_FUNCTIONS) + DISCRETE_GRIDS

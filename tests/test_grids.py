@@ -7,7 +7,7 @@ from score_models import EDM, VE, DiscreteVP, VPLinear
 from solvers.grids import DISCRETE_GRIDS, GRIDS, check_grid, time_grid
 
 #: Grids whose last level before sigma = 0 lies above t_min by construction.
-_ENDS_ABOVE_T_MIN = ("sgm_uniform", "beta", "simple", "ddim_uniform")
+_ENDS_ABOVE_T_MIN = ("sgm_uniform", "beta", "linear_quadratic", "simple", "ddim_uniform")
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -67,3 +67,83 @@ def test_grid_validation():
         time_grid(s, 5, "uniform", t_max=10.0, t_min=20.0)
     with pytest.raises(ValueError, match="rho must be > 0"):
         time_grid(s, 5, "edm", rho=0.0)
+
+
+# --- named grids against k-diffusion's and the papers' formulas --------------------------------
+@pytest.mark.parametrize("schedule", [EDM(), VPLinear()], ids=lambda s: s.name)
+@pytest.mark.parametrize("grid, k_function, k_kwargs", [
+    ("karras", "get_sigmas_karras", {"rho": 7.0}), ("exponential", "get_sigmas_exponential", {}),
+    ("polyexponential", "get_sigmas_polyexponential", {"rho": 1.0}),
+    ("polyexponential", "get_sigmas_polyexponential", {"rho": 2.5})])
+def test_k_diffusion_grids_give_k_diffusions_sigmas(k_sampling, schedule, grid, k_function, k_kwargs):
+    s_max, s_min = float(schedule.sigma_tilde(schedule.t_max)), float(schedule.sigma_tilde(schedule.t_min))
+    for n in (1, 2, 7, 30):
+        theirs = _in_float64(getattr(k_sampling, k_function), n, s_min, s_max, **k_kwargs)
+        rho = {"rho": k_kwargs["rho"]} if grid == "polyexponential" else {}
+        ours = schedule.sigma_tilde(time_grid(schedule, n, grid, **rho))
+        assert torch.allclose(ours, theirs, rtol=1e-10, atol=0), (n, ours, theirs)
+
+
+def _in_float64(function, *args, **kwargs):
+    """k-diffusion builds its ramps with torch's default dtype: make that float64 for the call."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_vp_grid_is_k_diffusions_on_the_vp_sdes_own_range(k_sampling):
+    # k-diffusion's get_sigmas_vp steps evenly in the VP-SDE's time from 1 to eps_s: on a schedule
+    # whose sigma~ range is the VP-SDE's own at those times, our vp grid gives the same sigmas.
+    vp = VPLinear(beta_min=0.1, beta_max=20.0, t_min=1e-3, t_max=1.0)
+    for n in (2, 9, 25):
+        theirs = _in_float64(k_sampling.get_sigmas_vp, n, beta_d=19.9, beta_min=0.1, eps_s=1e-3)
+        ours = vp.sigma_tilde(time_grid(vp, n, "vp"))
+        assert torch.allclose(ours, theirs, rtol=1e-10, atol=0), (ours, theirs)
+
+
+def test_kl_optimal_beta_sgm_uniform_follow_their_formulas():
+    s = EDM()
+    s_max, s_min = 80.0, 0.002
+    u = torch.linspace(0, 1, 6, dtype=torch.float64)
+    expected = torch.tan((1 - u) * math.atan(s_max) + u * math.atan(s_min))  # Sabour et al. 2024, eq. 16
+    assert torch.allclose(time_grid(s, 6, "kl_optimal")[:-1], expected, rtol=1e-12)
+    from scipy.stats import beta
+
+    quantiles = beta.ppf(1 - torch.arange(8, dtype=torch.float64).numpy() / 8, 0.5, 0.7)
+    expected = s.t_min + (s.t_max - s.t_min) * torch.from_numpy(quantiles)
+    got = time_grid(s, 8, "beta", beta_a=0.5, beta_b=0.7)
+    assert torch.allclose(got[:-1], expected, rtol=1e-12) and float(got[-1]) == 0.0
+    vp = VPLinear()
+    assert torch.allclose(time_grid(vp, 4, "sgm_uniform")[:-1], torch.linspace(1.0, 1e-3, 5, dtype=torch.float64)[:-1])
+    assert torch.equal(time_grid(vp, 4, "normal"), time_grid(vp, 4, "uniform"))
+
+
+def test_comfyui_discrete_grids_pick_training_timesteps():
+    s = DiscreteVP.linear(1000, 1e-4, 0.02)
+    # simple: every (1000/N)-th of the 1000 training sigmas from the top; ddim_uniform: 1 + k*(1000//N)
+    assert time_grid(s, 3, "simple").tolist() == [999.0, 666.0, 333.0, -1.0]
+    assert time_grid(s, 7, "simple")[:-1].tolist() == [999 - int(i * 1000 / 7) for i in range(7)]
+    assert time_grid(s, 7, "ddim_uniform")[:-1].tolist() == [1.0 + 142 * k for k in reversed(range(7))]
+    with pytest.raises(ValueError, match="grid 'simple' ends at sigma = 0"):
+        time_grid(s, 3, "simple", to_zero=False)
+
+
+def test_linear_quadratic_is_linear_then_quadratic_and_continuous():
+    s = VPLinear(t_min=1e-3, t_max=1.0)
+    n, threshold = 10, 0.025
+    frac = (time_grid(s, n, "linear_quadratic", lq_threshold=threshold)[:-1] - s.t_min) / (s.t_max - s.t_min)
+    done = 1 - frac  # the fraction of the way done, 0 at the first level
+    linear = torch.arange(n // 2, dtype=torch.float64) * threshold / (n // 2)
+    assert torch.allclose(done[: n // 2], linear, atol=1e-12)
+    second = torch.diff(done[n // 2:], n=2)  # constant second difference: quadratic
+    assert torch.allclose(second, second[0].expand_as(second), rtol=1e-9)
+
+
+def test_discard_penultimate_drops_the_level_before_zero():
+    s = EDM()
+    longer = time_grid(s, 6, "karras")
+    got = time_grid(s, 5, "karras", discard_penultimate=True)
+    assert torch.equal(got, torch.cat([longer[:-2], longer[-1:]])) and got.numel() == 6

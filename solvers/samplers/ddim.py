@@ -40,7 +40,8 @@ def ddim_step(model: DiffusionModel, x: torch.Tensor, t: TimeLike, alpha_s: Coef
 
 
 @register("ddim", order=1, stochastic=False, nfe="N", paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
-          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},), checks={"eta": at_least(0.0)})
+          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},), checks={"eta": at_least(0.0)},
+          known_as={"ComfyUI": "ddim", "diffusers": "DDIMScheduler"})
 def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: float = 0.0,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDIM on any sub-sequence of times; ``eta`` blends in DDPM's posterior noise.
@@ -62,7 +63,8 @@ def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: 
 
 @register("ddpm", order=None, order_note="stochastic: tested on the distribution it samples",
           stochastic=True, nfe="N", paper="Ho, Jain & Abbeel 2020, Algorithm 2 and eq. 7",
-          default_grid="uniform", variants=({"variance": "fixed_large"},), checks={"variance": one_of(*DDPM_VARIANCES)})
+          default_grid="uniform", variants=({"variance": "fixed_large"},), checks={"variance": one_of(*DDPM_VARIANCES)},
+          known_as={"ComfyUI": "ddpm", "diffusers": "DDPMScheduler"})
 def ddpm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, variance: str = "fixed_small",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDPM ancestral sampling over any sub-sequence of times; ``variance`` fixed or learned.

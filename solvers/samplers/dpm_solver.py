@@ -147,6 +147,7 @@ def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
 @register("dpm_solver_singlestep", order="order", stochastic=False,
           nfe="order*N - (order - 1 if to_zero else 0)", nfe_note="the step onto sigma = 0 is first order",
           default_grid="logsnr", variants=({"order": 3},), checks={"order": one_of(2, 3)},
+          known_as={"diffusers": "DPMSolverSinglestepScheduler"},
           paper="Lu et al. 2022b, Algorithm 1 (DPM-Solver++(2S)); Lu et al. 2022a, Algorithm 2 (DPM-Solver-3)")
 def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:

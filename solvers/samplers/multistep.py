@@ -16,7 +16,7 @@ from score_models.parameterization import DiffusionModel
 
 from ..grids import alpha_sigma_steps
 from ..options import one_of
-from ..registry import register
+from ..registry import Alias, register
 
 __all__ = ["pndm", "plms", "ipndm", "ADAMS_BASHFORTH", "variable_step_weights"]
 
@@ -72,7 +72,8 @@ _UNIFORM_GRID_NOTE = ("on a grid uniform in sigma~ (the default uniform grid on 
           nfe="4*min(N, 3) + max(N - 3, 0) - (3 if to_zero and N <= 3 else 0)",
           nfe_note="3 pseudo-RK4 warm-up steps of 4 NFE, then 1 per step (S + 9); a warm-up step onto "
                    "sigma = 0 is a 1-NFE DDIM step",
-          paper="Liu et al. 2022 (PNDM), F-PNDM: eqs. 11-13 and Algorithm 2", default_grid="uniform")
+          paper="Liu et al. 2022 (PNDM), F-PNDM: eqs. 11-13 and Algorithm 2", default_grid="uniform",
+          known_as={"diffusers": "PNDMScheduler(skip_prk_steps=False)"})
 def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """F-PNDM: 3 pseudo Runge-Kutta warm-up steps, then 4th-order pseudo linear multistep.
@@ -113,7 +114,8 @@ PLMS_WARMUPS = ("lower_order", "improved_euler")
           stochastic=False, nfe="N + 1 if warmup == 'improved_euler' and not (to_zero and N == 1) else N",
           nfe_note="improved_euler's first step costs one more evaluation unless it lands on sigma = 0",
           paper="Liu et al. 2022 (PNDM), PLMS eq. 12", default_grid="uniform",
-          variants=({"warmup": "improved_euler"},), checks={"warmup": one_of(*PLMS_WARMUPS)})
+          variants=({"warmup": "improved_euler"},), checks={"warmup": one_of(*PLMS_WARMUPS)},
+          known_as={"diffusers": "PNDMScheduler(skip_prk_steps=True) with warmup='improved_euler'"})
 def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmup: str = "lower_order",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """PLMS: pseudo linear multistep (4th-order Adams-Bashforth) with a lower-order warm-up.
@@ -142,7 +144,9 @@ def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmu
                      "it reaches ~4 in practice",
           stochastic=False, nfe="N", paper="Zhang & Chen 2023 (DEIS), iPNDM; as in Karras et al. 2022 space",
           default_grid="edm", variants=({"variable_step": True}, {"max_order": 1}, {"max_order": 3}),
-          checks={"max_order": one_of(1, 2, 3, 4)})
+          checks={"max_order": one_of(1, 2, 3, 4)},
+          known_as={"ComfyUI": "ipndm"},
+          aliases=(Alias("ipndm_v", {"variable_step": True}, {"ComfyUI": "ipndm_v"}),))
 def ipndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, max_order: int = 4,
           variable_step: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """iPNDM: Adams-Bashforth on the scaled PF-ODE with a lower-order warm-up, one NFE per step.

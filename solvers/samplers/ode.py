@@ -43,7 +43,8 @@ def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alph
     return model.x0(alpha * x_tilde, t)
 
 
-@register("euler", order=1, stochastic=False, nfe="N", paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3")
+@register("euler", order=1, stochastic=False, nfe="N", paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3",
+          known_as={"k-diffusion": "sample_euler", "ComfyUI": "euler", "diffusers": "EulerDiscreteScheduler"})
 def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Euler's method on the PF-ODE in the scaled space x/alpha vs sigma/alpha (= deterministic DDIM).
@@ -65,7 +66,8 @@ def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
 @register("heun", order=2, stochastic=False, nfe="2*N - 1 if to_zero else 2*N",
           nfe_note="the step onto sigma = 0 is an Euler step", paper="Karras et al. 2022, Algorithms 1 and 2",
           stochastic_if="s_churn > 0", variants=({"s_churn": 10.0},),
-          checks={"s_churn": at_least(0.0), "s_tmin": at_least(0.0), "s_tmax": at_least(0.0), "s_noise": at_least(0.0)})
+          checks={"s_churn": at_least(0.0), "s_tmin": at_least(0.0), "s_tmax": at_least(0.0), "s_noise": at_least(0.0)},
+          known_as={"k-diffusion": "sample_heun", "ComfyUI": "heun", "diffusers": "HeunDiscreteScheduler"})
 def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
