@@ -25,7 +25,8 @@ import solvers
 from score_models import GaussianMixture, zoo
 from solvers import grids
 
-__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table", "diffusers_loop"]
+__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table", "diffusers_loop",
+           "EDM_CASES", "run_edm_case", "edm_equivalence_table"]
 
 
 def make_tiny_pipeline(directory: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -181,13 +182,69 @@ def equivalence_table(steps: int = 10, cases: Sequence[Case] = tuple(CASES),
     return rows
 
 
+#: diffusers' EDM schedulers (sigma-space, EDM preconditioning) and the nfebench call that equals each.
+EDM_CASES: List[Case] = [
+    Case("EDMEuler karras", "EDMEulerScheduler", dict(sigma_schedule="karras"), "euler", dict(grid="karras")),
+    Case("EDMEuler exponential", "EDMEulerScheduler", dict(sigma_schedule="exponential"), "euler",
+         dict(grid="exponential")),
+    Case("EDMDPMSolverMultistep 2M", "EDMDPMSolverMultistepScheduler", dict(solver_order=2), "dpm_solver",
+         dict(order=2, grid="karras")),
+    Case("EDMDPMSolverMultistep 3M", "EDMDPMSolverMultistepScheduler", dict(solver_order=3), "dpm_solver",
+         dict(order=3, third_order_term="diffusers", grid="karras")),
+    Case("EDMDPMSolverMultistep 2M exponential", "EDMDPMSolverMultistepScheduler",
+         dict(solver_order=2, sigma_schedule="exponential"), "dpm_solver", dict(order=2, grid="exponential")),
+]
+
+
+def _edm_network(scheduler: Any, exact: GaussianMixture) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The network F that diffusers' EDM preconditioning turns into the exact denoiser:
+    diffusers calls F(c_in x, c_noise) and forms D = c_skip x + c_out F, so F = (D - c_skip x)/c_out."""
+    sigma_data = scheduler.config.sigma_data
+
+    def net(model_input: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.exp(4.0 * torch.as_tensor(c_noise, dtype=torch.float64)))  # c_noise = log(sigma)/4
+        x = model_input * (sigma ** 2 + sigma_data ** 2) ** 0.5
+        c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+        c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2) ** 0.5
+        return (exact.x0(x, sigma) - c_skip * x) / c_out
+
+    return net
+
+
+def run_edm_case(case: Case, steps: int = 10, n: int = 8, seed: int = 0) -> Dict[str, Any]:
+    """One EDM scheduler both ways on the image-shaped exact mixture (EDM schedule, float64):
+    diffusers' loop from latents x init_noise_sigma, ours from the same state."""
+    import diffusers
+
+    _quiet_diffusers()
+    exact = zoo.load("gmm:image3x8x8", schedule="edm")
+    scheduler = getattr(diffusers, case.scheduler)(**case.scheduler_config)
+    latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+    start = exact.nfe
+    theirs = diffusers_loop(scheduler, _edm_network(scheduler, exact), latents, steps)
+    calls = exact.nfe - start
+    # diffusers starts from latents x sqrt(sigma_max^2 + 1); ours from prior_std x noise: same state.
+    noise = latents * float(scheduler.init_noise_sigma) / exact.schedule.prior_std
+    spec = solvers.get(case.sampler)
+    stats: Dict[str, Any] = {}
+    ours = solvers.sample(case.sampler, exact, noise, nfe=spec.count(steps, True, case.options), stats=stats,
+                          **case.options)
+    return {"case": case.label, "spacing": "-", "network": "gmm", "steps": steps,
+            "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
+            "nfe_ours": stats["nfe"], "diffusers_calls": calls}
+
+
+def edm_equivalence_table(steps: Sequence[int] = (7, 10, 13)) -> List[Dict[str, Any]]:
+    return [dict(run_edm_case(case, n_steps), note="") for case in EDM_CASES for n_steps in steps]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
     print(f"{'diffusers scheduler':<30} {'spacing':<9} {'network':<7} {'max|diff|':>10} {'max|x|':>8} {'NFE ours':>8} "
           f"{'diffusers calls':>15}  note")
-    for r in equivalence_table(args.steps):
+    for r in equivalence_table(args.steps) + edm_equivalence_table((args.steps,)):
         print(f"{r['case']:<30} {r['spacing']:<9} {r['network']:<7} {r['max_abs_diff']:10.2e} {r['max_abs_value']:8.3g} "
               f"{r['nfe_ours']:8d} {r['diffusers_calls']:15d}  {r['note']}")
 
