@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.equivalence import EDM_CASES
-
 import solvers
 from benchmarks.convergence import endpoint_errors, fitted_order
+from benchmarks.equivalence import EDM_CASES
 from benchmarks.metrics import sliced_wasserstein
 from score_models import EDM, DiffusionModel, DiscreteVP, zoo
 from solvers.grids import discrete_timesteps, time_grid
