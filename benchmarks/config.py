@@ -90,7 +90,7 @@ _RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype
              "save_samples", "compile"}
 _TOP_KEYS = {"run", "models", "samplers"}
 _MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference", "nfe"}
-_SERIES_KEYS = {"sampler", "options", "nfe", "label"}
+_SERIES_KEYS = {"sampler", "options", "nfe", "label", "grids"}
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "float64")
 _REFERENCE_KEYS = {"rtol", "n_data", "extractor", "weights", "cache_dir"}
@@ -231,14 +231,25 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         if not isinstance(s.get("options", {}), dict):
             raise ConfigError(f"{where} options must be a table, e.g. options = {{ eta = 1.0 }}; got {s['options']!r}")
         options = dict(s.get("options", {}))
-        try:
-            spec.check_options(options, tensor_grid_allowed=False)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+        grids = s.get("grids")
+        if grids is not None:
+            # one series per named grid: the sampler x grid x NFE sweep in one entry
+            if not isinstance(grids, list) or not grids or "grid" in options:
+                raise ConfigError(f"{where} grids must be a non-empty list of grid names, without options.grid; "
+                                  f"got grids={grids!r}")
         if "label" in s:
             check_name(s["label"], f"{where} label")
         nfe_override = _int_list(s["nfe"], f"{where} nfe", 1, solvers.MAX_NFE) if "nfe" in s else None
-        series.append(SeriesSpec(spec.name, options, nfe_override, s.get("label", "")))
+        for grid in grids or [None]:
+            these = options if grid is None else {**options, "grid": grid}
+            try:
+                spec.check_options(these, tensor_grid_allowed=False)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}") from None
+            label = s.get("label", "")
+            if label and grid is not None:
+                label = check_name(f"{label}[{grid}]", f"{where} label")
+            series.append(SeriesSpec(spec.name, these, nfe_override, label))
     if not series:
         raise ConfigError(f"{source} has no [[samplers]]; valid: {', '.join(solvers.available())}")
     keys = [s.key for s in series]

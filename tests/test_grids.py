@@ -147,3 +147,19 @@ def test_discard_penultimate_drops_the_level_before_zero():
     longer = time_grid(s, 6, "karras")
     got = time_grid(s, 5, "karras", discard_penultimate=True)
     assert torch.equal(got, torch.cat([longer[:-2], longer[-1:]])) and got.numel() == 6
+
+
+def test_a_config_entry_with_grids_expands_to_one_series_per_grid(tmp_path):
+    from benchmarks.config import ConfigError, load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[[models]]\nname = "gmm:ring8"\n[[samplers]]\nsampler = "euler"\ngrids = ["karras", "beta"]\n'
+                    'options = { beta_a = 0.5 }\n[[samplers]]\nsampler = "heun"\nlabel = "h"\ngrids = ["normal"]\n')
+    config = load_config(path)
+    assert [(s.key, s.options) for s in config.samplers] == [
+        ("euler(beta_a=0.5,grid=karras)", {"beta_a": 0.5, "grid": "karras"}),
+        ("euler(beta_a=0.5,grid=beta)", {"beta_a": 0.5, "grid": "beta"}),
+        ("h[normal]", {"grid": "normal"})]
+    path.write_text('[[models]]\nname = "gmm:ring8"\n[[samplers]]\nsampler = "euler"\ngrids = ["karras", "karass"]\n')
+    with pytest.raises(ConfigError, match="option grid='karass' of sampler 'euler' is not valid; valid: 'uniform'"):
+        load_config(path)
