@@ -93,7 +93,10 @@ def markdown_table() -> str:
                     f"| {also} |")
     rows[0] += " aliases and reference names |"
     rows[1] += "---|"
-    return "\n".join([BEGIN, *rows, END])
+    grids = ["", "Named grids (`grid=`, any sampler with grid options; u = i/(points - 1) runs from t_max to "
+             "t_min):", "", "| grid | times |", "|---|---|"]
+    grids += [f"| `{name}` | {text} |" for name, text in GRID_DESCRIPTIONS.items()]
+    return "\n".join([BEGIN, *rows, *grids, END])
 
 
 def update_readme(path: Path) -> bool:
