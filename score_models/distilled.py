@@ -108,7 +108,7 @@ class ConsistencyModel(DiffusionModel):
     t_min (``grid_defaults``: f maps to sigma_min, not to 0).
     """
 
-    native_samplers = ("consistency",)
+    native_samplers = ("consistency", "tcd")
     grid_defaults = {"to_zero": False}
 
     def __init__(self, net: Callable[..., torch.Tensor], schedule: Schedule, sigma_min: float, sigma_data: float,

@@ -98,7 +98,7 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     reports.
     """
     spec = get(name)
-    if spec.exclusive and name not in model.native_samplers:
+    if spec.exclusive and (spec.alias_of or name) not in model.native_samplers:
         raise ValueError(f"{name} runs only on models that name it as a native sampler (few-step students); "
                          f"{model!r} names {', '.join(model.native_samplers) or 'none'}")
     spec.check_options(options)

@@ -36,9 +36,10 @@ class Cell:
 def runs_on(sampler: str, model: Optional[DiffusionModel]) -> bool:
     """Whether a sweep pairs this sampler with this model (see the module docstring); a model
     that failed to load (None) is paired like any teacher, and its cells fail as rows."""
+    spec = solvers.get(sampler)
     if model is not None and model.native_samplers:
-        return sampler in model.native_samplers
-    return not solvers.get(sampler).exclusive
+        return (spec.alias_of or sampler) in model.native_samplers
+    return not spec.exclusive
 
 
 def expand_cells(cfg: SweepConfig, load: Optional[Callable[[ModelSpec], DiffusionModel]] = None

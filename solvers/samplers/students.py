@@ -11,7 +11,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 
 from ..noise import randn_like
-from ..registry import register
+from ..registry import Alias, register
 from .ddim import ddim
 
 __all__ = ["distilled", "consistency"]
@@ -33,7 +33,8 @@ def distilled(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           stochastic=True, nfe="N", nfe_note="one evaluation per noise level; the grid's last time is where the "
                                              "chain ends and is never evaluated",
           paper="Song, Dhariwal, Chen & Sutskever 2023, Algorithm 1",
-          grid_options=("grid", "rho", "t_min", "t_max", "to_zero"), exclusive=True)
+          grid_options=("grid", "rho", "t_min", "t_max", "to_zero"), exclusive=True,
+          aliases=(Alias("lcm", {}, {"ComfyUI": "lcm", "diffusers": "LCMScheduler"}),))
 def consistency(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Consistency sampling: one evaluation, or re-noising at the grid's levels (EDM rho grid).
