@@ -73,6 +73,9 @@ CASES: List[Case] = [
          "dpm_solver", dict(order=2), grid_from_diffusers=True),
     Case("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++"),
          "dpm_solver", dict(order=3, third_order_term="diffusers"), grid_from_diffusers=True),
+    Case("DPM-Solver++ 2M heun (RES)", "DPMSolverMultistepScheduler",
+         dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False),
+         "res_multistep", {}, grid_from_diffusers=True),
 ]
 
 SPACINGS = grids.SPACINGS
@@ -193,6 +196,8 @@ EDM_CASES: List[Case] = [
          dict(order=3, third_order_term="diffusers", grid="karras")),
     Case("EDMDPMSolverMultistep 2M exponential", "EDMDPMSolverMultistepScheduler",
          dict(solver_order=2, sigma_schedule="exponential"), "dpm_solver", dict(order=2, grid="exponential")),
+    Case("EDMDPMSolverMultistep 2M heun (RES)", "EDMDPMSolverMultistepScheduler",
+         dict(solver_order=2, solver_type="heun", lower_order_final=False), "res_multistep", dict(grid="karras")),
 ]
 
 
