@@ -73,6 +73,7 @@ CASES: List[Case] = [
          "dpm_solver", dict(order=2), grid_from_diffusers=True),
     Case("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++"),
          "dpm_solver", dict(order=3, third_order_term="diffusers"), grid_from_diffusers=True),
+    Case("LMSDiscrete", "LMSDiscreteScheduler", {}, "lms", {}, scale_noise_like="sigma"),
     Case("DPM-Solver++ 2M heun (RES)", "DPMSolverMultistepScheduler",
          dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False),
          "res_multistep", {}, grid_from_diffusers=True),

@@ -97,6 +97,8 @@ CASES: List[KCase] = [
     KCase("euler", "euler"),
     KCase("heun", "heun"),
     KCase("dpmpp_2m", "dpmpp_2m"),
+    KCase("lms", "lms"),
+    KCase("lms", "lms", {"order": 2}, {"order": 2}),
     KCase("dpmpp_2m_sde", "res_multistep", {}, {"eta": 0.0, "solver_type": "heun"}),
     KCase("euler_ancestral", "er_sde", {"solver_type": "reverse_time_sde", "eta": 1.0, "max_stage": 1}, {"eta": 1.0},
           noise_sampler=True),
