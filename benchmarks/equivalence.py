@@ -14,6 +14,7 @@ same latents (per-step noise from equally seeded generators):
 from __future__ import annotations
 
 import argparse
+import inspect
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ CASES: List[Case] = [
          "dpm_solver", dict(order=2), grid_from_diffusers=True),
     Case("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++"),
          "dpm_solver", dict(order=3, third_order_term="diffusers"), grid_from_diffusers=True),
+    Case("EulerAncestral", "EulerAncestralDiscreteScheduler", {}, "euler_ancestral", {}, scale_noise_like="sigma"),
+    Case("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}, "dpm_2_ancestral", {}, scale_noise_like="sigma"),
     Case("LMSDiscrete", "LMSDiscreteScheduler", {}, "lms", {}, scale_noise_like="sigma"),
     Case("DPM-Solver++ 2M heun (RES)", "DPMSolverMultistepScheduler",
          dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False),
@@ -120,7 +123,8 @@ def _diffusers_case(pipe_dir: Path, case: Case, spacing: str, steps: int, latent
     cls = getattr(diffusers, case.scheduler)
     sched = cls.from_config({**base, "timestep_spacing": spacing, "clip_sample": False, **case.scheduler_config})
     kwargs = dict(case.step_kwargs)
-    if case.scheduler in ("DDIMScheduler", "DDPMScheduler"):
+    if "generator" in inspect.signature(sched.step).parameters:
+        # per-step noise from a generator seeded as ours: stochastic schedulers share their draws
         kwargs["generator"] = torch.Generator().manual_seed(seed)
     x = diffusers_loop(sched, net, latents, steps, **kwargs)
     return x, [float(t) for t in sched.timesteps], float(sched.init_noise_sigma)

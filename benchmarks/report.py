@@ -45,6 +45,7 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
         out.write("Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items() if k in
                                             ("n_samples", "batch_size", "seeds", "dtype", "reference")) + ". "
                   "Per-model overrides (n_samples, reference set, extractor) are in metadata.json.\n\n")
+    out.write(best_series_table(df))
     for model in dict.fromkeys(df["model"]):
         out.write(f"## {model}\n\n")
         for metric in metric_columns(df) + ["s_per_sample"]:
@@ -79,6 +80,34 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
             out.write(f"| {r['model']} | {r['series']} | {r['nfe_budget']} | {r['seed']} | {r['status']} | {where} | {r['error']} |\n")
         out.write("\n")
     return out.getvalue()
+
+
+#: The metric a model's "best series" is judged by: the first one the run measured for it.
+HEADLINE_METRICS = ("solver_error", "fid", "fd", "sliced_wasserstein", "mmd")
+
+
+def best_series_table(df: pd.DataFrame) -> str:
+    """Markdown: for each model and NFE budget, the series (sampler, options and grid) with the
+    best headline metric, and the runner-up, so the answer to "which sampler and grid at this
+    budget" is one lookup."""
+    rows = []
+    for model in dict.fromkeys(df["model"]):
+        for metric in [m for m in HEADLINE_METRICS if m in df.columns]:
+            table = pivot(df, model, metric)
+            if table.empty or len(table) < 2:
+                continue
+            for nfe in table.columns:
+                ranked = table[nfe].dropna().sort_values()
+                if ranked.empty:
+                    continue
+                second = f"{_fmt(ranked.iloc[1])} ({ranked.index[1]})" if len(ranked) > 1 else "-"
+                rows.append(f"| {model} | {metric} | {nfe} | {ranked.index[0]} | {_fmt(ranked.iloc[0])} | {second} | "
+                            f"{len(ranked)} |")
+            break
+    if not rows:
+        return ""
+    return ("## Best series per NFE\n\n| model | metric | NFE | best series | value | runner-up | series compared |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
 def student_table(df: pd.DataFrame) -> str:
