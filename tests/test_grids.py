@@ -163,3 +163,13 @@ def test_a_config_entry_with_grids_expands_to_one_series_per_grid(tmp_path):
     path.write_text('[[models]]\nname = "gmm:ring8"\n[[samplers]]\nsampler = "euler"\ngrids = ["karras", "karass"]\n')
     with pytest.raises(ConfigError, match="option grid='karass' of sampler 'euler' is not valid; valid: 'uniform'"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", ["default", "baseline", "full"])
+def test_shipped_configs_parse(name):
+    from benchmarks.config import load_config
+
+    from conftest import ROOT
+
+    config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml")
+    assert config.samplers and config.models
