@@ -20,6 +20,7 @@ from score_models.parameterization import DiffusionModel
 from ..noise import randn_like
 from ..options import above, at_least, one_of
 from ..registry import register
+from .ancestral import ancestral_step
 
 __all__ = ["dpm_fast", "dpm_adaptive", "fast_orders", "dpm_solver_step", "ancestral_levels", "PIDController"]
 
@@ -91,9 +92,8 @@ def ancestral_levels(lam_s: float, lam_t: float, lam_end: float, eta: float) -> 
     DPMSolver does."""
     if eta == 0:
         return lam_t, 0.0
-    sigma_s, sigma_t = _sigma(lam_s), _sigma(lam_t)
-    sigma_up = min(sigma_t, eta * math.sqrt(sigma_t**2 * (sigma_s**2 - sigma_t**2) / sigma_s**2))
-    sigma_down = math.sqrt(sigma_t**2 - sigma_up**2)
+    sigma_t = _sigma(lam_t)
+    sigma_down, _ = ancestral_step(_sigma(lam_s), sigma_t, eta)
     lam_down = min(lam_end, -math.log(sigma_down) if sigma_down > 0 else math.inf)
     return lam_down, math.sqrt(sigma_t**2 - _sigma(lam_down) ** 2)
 

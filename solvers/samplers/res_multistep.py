@@ -25,6 +25,7 @@ from score_models.parameterization import DiffusionModel
 from ..noise import randn_like
 from ..options import at_least
 from ..registry import Alias, register
+from .ancestral import ancestral_step
 
 __all__ = ["res_multistep", "phi_1", "phi_2", "res_weights"]
 
@@ -48,16 +49,6 @@ def res_weights(h: float, c2: float) -> Tuple[float, float]:
     gives the exponential Euler weights (phi_1(-h), 0)."""
     b2 = 0.0 if math.isinf(c2) else phi_2(-h) / c2
     return phi_1(-h) - b2, b2
-
-
-def _ancestral_split(sigma: float, sigma_next: float, eta: float) -> Tuple[float, float]:
-    """(sigma_down, sigma_up): sigma_up = min(sigma', eta sigma' sqrt(1 - sigma'^2/sigma^2)),
-    sigma_down = sqrt(sigma'^2 - sigma_up^2) (Karras et al. 2022's ancestral step, as in k-diffusion
-    and ComfyUI); eta = 0 gives (sigma', 0)."""
-    if eta == 0:
-        return sigma_next, 0.0
-    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
 
 
 def _lam(sigma: float) -> float:
@@ -108,7 +99,7 @@ def res_multistep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor,
     for i in range(len(sig) - 1):
         s, t = sig[i], sig[i + 1]
         denoised = model.x0(alphas[i] * x, times[i])
-        sigma_down, sigma_up = _ancestral_split(s, t, eta)
+        sigma_down, sigma_up = ancestral_step(s, t, eta)
         if sigma_down == 0 or prev is None:
             x = (sigma_down / s) * x + (1 - sigma_down / s) * denoised  # exponential Euler (DDIM)
         else:
