@@ -77,6 +77,8 @@ CASES: List[Case] = [
     Case("EulerAncestral", "EulerAncestralDiscreteScheduler", {}, "euler_ancestral", {}, scale_noise_like="sigma"),
     Case("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}, "dpm_2_ancestral", {}, scale_noise_like="sigma"),
     Case("LMSDiscrete", "LMSDiscreteScheduler", {}, "lms", {}, scale_noise_like="sigma"),
+    Case("SA-Solver p2 c2 tau=0", "SASolverScheduler", dict(tau_func=lambda t: 0), "sa_solver",
+         dict(tau=0.0, to_zero=False)),
     Case("DPM-Solver++ 2M heun (RES)", "DPMSolverMultistepScheduler",
          dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False),
          "res_multistep", {}, grid_from_diffusers=True),
@@ -91,6 +93,9 @@ NOT_COMPARABLE = {
     ("PNDM (PRK warm-up)", "linspace"): "diffusers' PNDM steps t -> t - T//N, not to the next linspace timestep",
     ("PNDM skip_prk_steps", "linspace"): "diffusers' PNDM steps t -> t - T//N, not to the next linspace timestep",
     ("PNDM skip_prk, alpha_1=abar_0", "linspace"): "diffusers' PNDM steps t -> t - T//N",
+    **{(label, spacing): "diffusers' SA-Solver spaces linspace/leading over N + 1 timesteps and ends at timestep 0"
+       for label in ("SA-Solver p2 c2 tau=0",)
+       for spacing in ("linspace", "leading")},
     ("DDPM fixed_large", "trailing"): "diffusers adds beta-variance noise on its final step into the data "
                                        "(last timestep 99 > 0); we add none on a step onto sigma = 0",
 }
