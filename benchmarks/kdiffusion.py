@@ -32,6 +32,7 @@ import solvers
 from score_models import zoo
 from score_models.parameterization import DiffusionModel
 from solvers.noise import randn_like
+from solvers.samplers.dpmpp_sde import brownian_entropy
 
 __all__ = ["WHEEL_VARIABLE", "K_DIFFUSION_VERSION", "download_wheel", "load_sampling", "denoiser", "KCase", "CASES", "run_case", "parity_table"]
 
@@ -103,6 +104,13 @@ CASES: List[KCase] = [
     KCase("dpm_2", "dpm_2"),
     KCase("dpm_2_ancestral", "dpm_2_ancestral", noise_sampler=True),
     KCase("dpmpp_2s_ancestral", "dpmpp_2s_ancestral", noise_sampler=True),
+    KCase("dpmpp_2m_sde", "dpmpp_2m_sde", noise_sampler=True),
+    KCase("dpmpp_2m_sde", "dpmpp_2m_sde_heun", k_kwargs={"solver_type": "heun"}, noise_sampler=True),
+    KCase("dpmpp_3m_sde", "dpmpp_3m_sde", noise_sampler=True),
+    KCase("dpmpp_sde", "dpmpp_sde", {"eta": 0.0}, {"eta": 0.0}, noise_sampler=True),
+    KCase("dpmpp_sde", "dpmpp_sde", {"noise_sampler": "brownian"}, brownian=True),
+    KCase("dpmpp_2m_sde", "dpmpp_2m_sde", {"noise_sampler": "brownian"}, brownian=True),
+    KCase("dpmpp_3m_sde", "dpmpp_3m_sde", {"noise_sampler": "brownian"}, brownian=True),
     KCase("lms", "lms"),
     KCase("lms", "lms", {"order": 2}, {"order": 2}),
     KCase("dpmpp_2m_sde", "res_multistep", {}, {"eta": 0.0, "solver_type": "heun"}),
@@ -131,7 +139,10 @@ def run_case(case: KCase, model: DiffusionModel, noise: torch.Tensor, nfe: int, 
         kwargs["noise_sampler"] = lambda sigma, sigma_next: randn_like(x_tilde, generator)
     if case.brownian:
         positive = sigmas[sigmas > 0]
-        kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x_tilde, positive.min(), positive.max(), seed=seed)
+        # the tree's seed as our samplers draw it from their generator
+        entropy = brownian_entropy(torch.Generator().manual_seed(seed))
+        kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x_tilde, positive.min(), positive.max(),
+                                                                    seed=entropy)
     start = model.nfe
     with torch.no_grad():
         theirs_tilde = getattr(sampling, f"sample_{case.k_name}")(denoiser(model), x_tilde, sigmas, disable=True, **kwargs)
