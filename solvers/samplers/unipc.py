@@ -33,6 +33,7 @@ from score_models.parameterization import DiffusionModel
 
 from ..options import at_least, one_of
 from ..registry import Alias, register
+from .dpm_solver import MULTISTEP_UPDATES
 
 __all__ = ["unipc", "VARIANTS", "unipc_coefficients"]
 
@@ -82,13 +83,14 @@ def _update(x: torch.Tensor, history: List[torch.Tensor], lam: List[float], sig:
             variant: str, predict_x0: bool, new_output: Optional[torch.Tensor] = None) -> torch.Tensor:
     """UniP-p (``new_output`` None) or UniC-p (the output at the predicted point given) for the step
     i from sigma~ = sig[i] to sig[i + 1], starting at the state x~ at sig[i]. ``history`` holds the
-    model outputs at sig[i], sig[i-1], ... (newest last)."""
+    model outputs at ..., sig[i-1], sig[i] (newest last)."""
     s, t = sig[i], sig[i + 1]
-    m0 = history[-1]
-    base = (t / s) * x + (1.0 - t / s) * m0 if predict_x0 else x - (s - t) * m0
-    if t == 0 or (order == 1 and new_output is None):
-        return base  # DDIM: first order; onto sigma = 0 it lands on D
     h = lam[i + 1] - lam[i]
+    m0 = history[-1]
+    # DDIM, i.e. DPM-Solver(++)-1: x~_t = (t/s) x~_s + (1 - t/s) D, or x~_s - (s - t) eps.
+    base = MULTISTEP_UPDATES[("dpmsolver++" if predict_x0 else "dpmsolver", 1)](x, s, t, h, [m0], (), 1.0)
+    if t == 0 or (order == 1 and new_output is None):
+        return base  # first order; onto sigma = 0 it lands on D
     ratios = [(lam[i - m] - lam[i]) / h for m in range(1, order)]
     b_of_h, rho = unipc_coefficients(h, ratios, variant, predict_x0, corrector=new_output is not None)
     differences = [(history[-1 - m] - m0) / r for m, r in enumerate(ratios, start=1)]
