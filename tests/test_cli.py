@@ -103,7 +103,7 @@ def test_default_config_is_valid():
     import solvers
 
     cfg = load_config(None)
-    assert {s.sampler for s in cfg.samplers} <= set(solvers.available())
+    assert {s.sampler for s in cfg.samplers} <= set(solvers.available()) | set(solvers.aliases())
     assert max(cfg.nfe) >= 100 and min(cfg.nfe) == 1
 
 
