@@ -16,10 +16,10 @@ import torch
 
 from score_models.parameterization import DiffusionModel
 
-from ..noise import randn_like
 from ..options import at_least
 from ..registry import register
 from .ancestral import ETA_NOTE, ScaledDenoiser, add_noise, ancestral_step, scaled_denoiser
+from .ode import churn
 
 __all__ = ["dpm2_step", "dpm_2", "dpm_2_ancestral"]
 
@@ -74,12 +74,9 @@ def dpm_2(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, s_ch
     x = x_T / alphas[0]
     for i in range(n_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        t_hat, sigma_hat, alpha_hat = times[i], sigma, alphas[i]
-        if gamma > 0 and s_tmin <= sigma <= s_tmax:
-            sigma_hat = min(sigma * (1.0 + gamma), sigmas[0])
-            t_hat = sched.t_from_sigma_tilde(sigma_hat)
-            alpha_hat = float(sched.alpha(t_hat))
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
+        x, t_hat, sigma_hat, alpha_hat = churn(model, x, times[i], sigma, alphas[i],
+                                               gamma if s_tmin <= sigma <= s_tmax else 0.0, sigmas[0], s_noise,
+                                               generator)
         d = (x - model.x0(alpha_hat * x, t_hat)) / sigma_hat
         if sigma_next == 0:
             x = x + (sigma_next - sigma_hat) * d

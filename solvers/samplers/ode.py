@@ -20,7 +20,7 @@ from ..noise import randn_like
 from ..options import above, at_least
 from ..registry import register
 
-__all__ = ["euler", "heun", "heun_step", "rk45"]
+__all__ = ["euler", "heun", "heun_step", "churn", "rk45"]
 
 Denoise = Callable[[torch.Tensor], torch.Tensor]
 
@@ -36,6 +36,21 @@ def heun_step(x: torch.Tensor, sigma, sigma_next, denoise_here: Denoise, denoise
         return x_next
     d_next = (x_next - denoise_next(x_next)) / sigma_next
     return x + (sigma_next - sigma) * 0.5 * (d + d_next)
+
+
+def churn(model: DiffusionModel, x: torch.Tensor, t, sigma: float, alpha: float, gamma: float,
+          sigma_ceiling: float, s_noise: float, generator: Optional[torch.Generator]):
+    """Karras et al. 2022, Algorithm 2, lines 4-6: raise the noise level of x~ from sigma to
+    sigma_hat = sigma (1 + gamma) by adding fresh noise (scaled by s_noise), never above
+    ``sigma_ceiling`` (the grid's first level, so the network is only evaluated inside the
+    schedule's range). Returns (x~, t_hat, sigma_hat, alpha_hat); gamma = 0 changes nothing."""
+    if gamma <= 0:
+        return x, t, sigma, alpha
+    sched = model.schedule
+    sigma_hat = min(sigma * (1.0 + gamma), sigma_ceiling)
+    t_hat = sched.t_from_sigma_tilde(sigma_hat)
+    x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
+    return x, t_hat, sigma_hat, float(sched.alpha(t_hat))
 
 
 def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -85,13 +100,10 @@ def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     x = x_T / alphas[0]
     for i in range(n_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        t_hat, sigma_hat, alpha_hat = times[i], sigma, alphas[i]
         # Algorithm 2, lines 4-6: temporarily raise the noise level ("churn").
-        if gamma_max > 0 and s_tmin <= sigma <= s_tmax:
-            sigma_hat = min(sigma * (1.0 + gamma_max), sigmas[0])
-            t_hat = sched.t_from_sigma_tilde(sigma_hat)
-            alpha_hat = float(sched.alpha(t_hat))
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
+        gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.0
+        x, t_hat, sigma_hat, alpha_hat = churn(model, x, times[i], sigma, alphas[i], gamma, sigmas[0], s_noise,
+                                               generator)
         # Algorithm 1, lines 4-8: Euler step, then the trapezoidal correction unless at sigma = 0.
         x = heun_step(x, sigma_hat, sigma_next, lambda y: _denoise(model, y, t_hat, alpha_hat),
                       lambda y: _denoise(model, y, times[i + 1], alphas[i + 1]))
