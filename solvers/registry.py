@@ -262,7 +262,12 @@ def _check_known_as(name: str, known_as: Dict[str, str]) -> Dict[str, str]:
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b or (isinstance(a, float) and isinstance(b, (int, float)) and a == b)
+    """Equal, with 1 and 1.0 the same number but True never the number 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def _options_text(options: Dict[str, Any]) -> str:

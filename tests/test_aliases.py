@@ -32,6 +32,7 @@ def test_an_alias_refuses_a_conflicting_option_and_accepts_the_same_value():
                                          r"order=2, algorithm='dpmsolver\+\+'; use dpm_solver to set order"):
         solvers.sample("dpmpp_2m", model, noise, nfe=8, order=3)
     solvers.sample("dpmpp_2m", model, noise, nfe=8, order=2)
+    solvers.sample("res_multistep_ancestral", model, noise, nfe=8, eta=1)  # 1 is the alias's 1.0
 
 
 def test_conflicting_alias_option_in_a_config_exits_2_and_writes_nothing(tmp_path, capsys):
