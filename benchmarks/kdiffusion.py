@@ -32,6 +32,7 @@ import solvers
 from score_models import zoo
 from score_models.parameterization import DiffusionModel
 from solvers.noise import randn_like
+from solvers.samplers.ancestral import scaled_denoiser
 from solvers.samplers.dpmpp_sde import brownian_entropy
 
 __all__ = ["WHEEL_VARIABLE", "K_DIFFUSION_VERSION", "download_wheel", "load_sampling", "denoiser", "KCase", "CASES", "run_case", "parity_table"]
@@ -73,11 +74,10 @@ def load_sampling(wheel: Optional[str] = None) -> types.ModuleType:
 
 def denoiser(model: DiffusionModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """D(x~, sigma~) as k-diffusion calls it (sigma~ one value per sample, all equal)."""
-    schedule = model.schedule
+    at_level = scaled_denoiser(model)
 
     def denoise(x_tilde: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        t = schedule.t_from_sigma_tilde(float(sigma.reshape(-1)[0]))
-        return model.x0(float(schedule.alpha(t)) * x_tilde, t)
+        return at_level(x_tilde, float(sigma.reshape(-1)[0]))
 
     return denoise
 

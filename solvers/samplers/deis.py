@@ -28,7 +28,7 @@ from score_models.parameterization import DiffusionModel
 
 from ..options import one_of
 from ..registry import register
-from .dpm_solver import _step_order
+from .dpm_solver import step_order
 
 __all__ = ["deis", "POLY_VARIABLES", "deis_coefficients"]
 
@@ -108,7 +108,7 @@ def deis(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order
     x = x_T / alphas[0]
     for i in range(n):
         history = (history + [model.eps(alphas[i] * x, times[i])])[-order:]
-        k = _step_order(order, i, n, rho[i + 1] == 0, lower_order_final)
+        k = step_order(order, i, n, rho[i + 1] == 0, lower_order_final)
         if k == 1:
             x = x + (rho[i + 1] - rho[i]) * history[-1]
             continue

@@ -87,14 +87,16 @@ MULTISTEP_UPDATES: Dict[Tuple[str, int], Callable[..., torch.Tensor]] = {
 }
 
 
-def _step_order(order: int, i: int, n_steps: int, lands_on_data: bool, lower_order_final: bool) -> int:
-    """The order of step i: warm-up min(order, i + 1); first order onto sigma = 0; with
-    lower_order_final and fewer than 15 steps, at most the number of steps left (diffusers'
-    DPMSolverMultistepScheduler; the original code used 10)."""
+def step_order(order: int, i: int, n_steps: int, lands_on_data: bool, lower_order_final: bool,
+               lower_order_below: float = 15) -> int:
+    """The order of step i of a multistep method: warm-up min(order, i + 1); first order onto
+    sigma = 0; with lower_order_final and fewer than ``lower_order_below`` steps, at most the
+    number of steps left (diffusers' DPMSolverMultistepScheduler uses 15, the original DPM-Solver
+    code 10; UniPC lowers the final orders at every N: ``math.inf``)."""
     k = min(order, i + 1)
     if lands_on_data:
         return 1
-    if lower_order_final and n_steps < 15:
+    if lower_order_final and n_steps < lower_order_below:
         return min(k, n_steps - i)
     return k
 
@@ -137,7 +139,7 @@ def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     for i in range(n):
         x0, eps = model.x0_and_eps(alphas[i] * x, times[i])
         history = (history + [x0 if algorithm == "dpmsolver++" else eps])[-3:]
-        k = _step_order(order, i, n, sig[i + 1] == 0, lower_order_final)
+        k = step_order(order, i, n, sig[i + 1] == 0, lower_order_final)
         h = lam[i + 1] - lam[i]
         ratios = tuple((lam[i - j] - lam[i - j - 1]) / h for j in range(k - 1))
         x = MULTISTEP_UPDATES[(algorithm, k)](x, sig[i], sig[i + 1], h, history, ratios, d2_weight)

@@ -31,7 +31,8 @@ from score_models.parameterization import DiffusionModel
 from ..noise import randn_like
 from ..options import above, at_least, one_of
 from ..registry import Alias, register
-from .dpm_solver import MULTISTEP_UPDATES
+from .ancestral import ancestral_step
+from .dpm_solver import MULTISTEP_UPDATES, step_order
 
 __all__ = ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "StepNoise", "brownian_entropy", "NOISE_KINDS",
            "SOLVER_TYPES", "SDE_THIRD_ORDER_TERMS"]
@@ -123,8 +124,7 @@ def _ancestral_dpmpp_1(x: torch.Tensor, s: float, t: float, denoised: torch.Tens
     ancestral split of Karras et al. 2022 / k-diffusion's get_ancestral_step)."""
     if eta == 0:
         return (t / s) * x + (1 - t / s) * denoised
-    sigma_up = min(t, eta * math.sqrt(t**2 * (s**2 - t**2) / s**2))
-    sigma_down = math.sqrt(t**2 - sigma_up**2)
+    sigma_down, sigma_up = ancestral_step(s, t, eta)
     x = (sigma_down / s) * x + (1 - sigma_down / s) * denoised
     return x + (s_noise * sigma_up) * noise(s, t)
 
@@ -173,13 +173,6 @@ def dpmpp_sde(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, 
     return alphas[-1] * x
 
 
-def _multistep_order(order: int, i: int, n_steps: int, lower_order_final: bool) -> int:
-    """Warm-up min(order, i + 1); with lower_order_final and fewer than 15 steps at most the
-    number of steps left (diffusers' DPMSolverMultistepScheduler)."""
-    k = min(order, i + 1)
-    return min(k, n_steps - i) if lower_order_final and n_steps < 15 else k
-
-
 def _sde_multistep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, order: int, eta: float,
                    s_noise: float, solver_type: str, third_order_term: str, lower_order_final: bool, noise_sampler: str,
                    generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -199,7 +192,7 @@ def _sde_multistep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor
             continue
         h = lam[i + 1] - lam[i]
         big_h = (1 + eta) * h
-        k = _multistep_order(order, i, n, lower_order_final)
+        k = step_order(order, i, n, False, lower_order_final)
         ratios = tuple((lam[i - j] - lam[i - j - 1]) / h for j in range(k - 1))
         if k == 2 and solver_type == "heun":
             phi_1 = math.expm1(-big_h)

@@ -33,7 +33,7 @@ from score_models.parameterization import DiffusionModel
 
 from ..options import at_least, one_of
 from ..registry import Alias, register
-from .dpm_solver import MULTISTEP_UPDATES
+from .dpm_solver import MULTISTEP_UPDATES, step_order
 
 __all__ = ["unipc", "VARIANTS", "unipc_coefficients"]
 
@@ -67,16 +67,6 @@ def unipc_coefficients(h: float, ratios: Sequence[float], variant: str, predict_
         g = g / hh - 1.0 / factorial
     vandermonde = np.array([[r ** (k - 1) for r in nodes] for k in range(1, size + 1)], dtype=np.float64)
     return b_of_h, np.linalg.solve(vandermonde, np.array(b, dtype=np.float64)).tolist()
-
-
-def _step_order(order: int, i: int, n_steps: int, lands_on_data: bool, lower_order_final: bool) -> int:
-    """The predictor order of step i: warm-up min(order, i + 1); with lower_order_final at most the
-    number of steps left (for every N: diffusers' UniPCMultistepScheduler and the reference code
-    have no 15-step threshold here, unlike DPM-Solver); first order onto sigma = 0."""
-    if lands_on_data:
-        return 1
-    k = min(order, i + 1)
-    return min(k, n_steps - i) if lower_order_final else k
 
 
 def _update(x: torch.Tensor, history: List[torch.Tensor], lam: List[float], sig: List[float], i: int, order: int,
@@ -157,7 +147,8 @@ def unipc(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, orde
         if i > 0 and not disable_corrector and i - 1 >= corrector_from:
             x = _update(x_before, history, lam, sig, i - 1, last_order, variant, predict_x0, new_output=output)
         history = (history + [output])[-order:]
-        last_order = _step_order(order, i, n, sig[i + 1] == 0, lower_order_final)
+        # diffusers' UniPC and the reference code lower the final orders at every N
+        last_order = step_order(order, i, n, sig[i + 1] == 0, lower_order_final, lower_order_below=math.inf)
         x_before = x
         x = _update(x, history, lam, sig, i, last_order, variant, predict_x0)
     return alphas[-1] * x
