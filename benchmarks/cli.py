@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-eval", action="store_true", help="skip the quality figures on the card")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
+    from .grid_command import add_parser as add_grid_parser
+
+    add_grid_parser(sub)
     return parser
 
 

@@ -13,8 +13,9 @@ from . import grids
 from .grids import GRIDS, time_grid
 from .registry import GRID_OPTIONS, Alias, SamplerSpec, aliases, available, get, register
 from .sampling import MAX_NFE, sample
+from .optimized_grids import optimize_grid
 
 __all__ = [
     "sample", "available", "aliases", "get", "register", "Alias", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
-    "MAX_NFE", "NFEBudgetExceeded",
+    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid",
 ]

@@ -1,0 +1,168 @@
+"""Optimised time grids (solvers.optimize_grid): the dynamic programmes against the known optimum
+of a single Gaussian, the exact method against its start, the AYS interpolation against the
+published schedules, determinism, bad input, and the `nfebench grid` command."""
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import solvers
+from benchmarks.cli import main
+from score_models import EDM, zoo
+from score_models.analytic import GaussianMixture
+from solvers.optimized_grids import loglinear_interp
+from solvers.optimized_grids.ays import PUBLISHED_SCHEDULES
+from solvers.optimized_grids.paths import cheapest_path
+from solvers.optimized_grids.problem import fine_grid, make_problem
+
+SPREAD = 0.5  # the data std of the single Gaussian
+
+
+def single_gaussian():
+    """N(0, SPREAD^2) in 1-D on the EDM schedule: the PF-ODE is linear, x(sigma) ~ sqrt(s^2 + sigma^2)."""
+    return GaussianMixture([[0.0]], SPREAD, schedule=EDM())
+
+
+def euler_factor(s_from: float, s_to: float) -> float:
+    """Euler's step of dx/dsigma = x sigma/(s^2 + sigma^2) as a factor of x (closed form)."""
+    return 1.0 + (s_to - s_from) * s_from / (SPREAD**2 + s_from**2)
+
+
+def true_factor(s_from: float, s_to: float) -> float:
+    return math.sqrt(SPREAD**2 + s_to**2) / math.sqrt(SPREAD**2 + s_from**2)
+
+
+def all_paths(m: int, n_steps: int):
+    for inner in itertools.combinations(range(1, m - 1), n_steps - 1):
+        yield [0, *inner, m - 1]
+
+
+def fine_sigmas(model, sampler, nfe, fine_steps):
+    problem = make_problem(model, sampler, nfe)
+    return problem, fine_grid(problem, fine_steps).tolist()  # EDM: sigma = t
+
+
+@pytest.mark.parametrize("nfe", [2, 3])
+def test_dp_recovers_the_optimal_euler_grid_of_a_single_gaussian(nfe):
+    # Euler's endpoint is x_T prod(factors) and undershoots the truth on every step (sqrt(s^2 +
+    # sigma^2) is convex), so the least endpoint error over all fine-grid paths is a closed form
+    # enumerated here; the DP must find exactly that path.
+    model = single_gaussian()
+    problem, sig = fine_sigmas(model, "euler", nfe, 7)
+    best = min(all_paths(len(sig), nfe), key=lambda p: abs(
+        math.prod(euler_factor(sig[a], sig[b]) for a, b in zip(p[:-1], p[1:])) - true_factor(sig[0], 0.0)))
+    times = solvers.optimize_grid(model, "euler", nfe, "dp", settings={"fine_steps": 7, "n_samples": 8})
+    assert times.tolist() == [sig[i] for i in best]
+
+
+@pytest.mark.parametrize("nfe", [2, 3])
+def test_gits_finds_the_least_total_one_step_error_of_a_single_gaussian(nfe):
+    # GITS's cost of i -> j: |x_j - Euler(x_i)| on the exact trajectory = |x_T|/r_T (r_j - r_i f_ij)
+    # with r = sqrt(s^2 + sigma^2): a closed form; the least sum over all paths is enumerated.
+    model = single_gaussian()
+    problem, sig = fine_sigmas(model, "euler", nfe, 7)
+    r = [math.sqrt(SPREAD**2 + s**2) for s in sig]
+    def total(p):
+        return sum(r[b] - r[a] * euler_factor(sig[a], sig[b]) for a, b in zip(p[:-1], p[1:]))
+    best = min(all_paths(len(sig), nfe), key=total)
+    times = solvers.optimize_grid(model, "euler", nfe, "gits", settings={"fine_steps": 7, "n_samples": 8})
+    assert times.tolist() == [sig[i] for i in best]
+
+
+def test_cheapest_path_matches_enumeration_on_random_costs():
+    rng = np.random.default_rng(3)
+    cost = np.triu(rng.random((9, 9)), 1)
+    for n in (1, 2, 4, 8):
+        best = min(all_paths(9, n), key=lambda p: sum(cost[a, b] for a, b in zip(p[:-1], p[1:])))
+        assert cheapest_path(cost, n) == best
+
+
+def test_exact_never_worse_than_its_start():
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    stats = {}
+    times = solvers.optimize_grid(model, "dpm_solver", 4, "exact", settings={"n_samples": 32, "max_evaluations": 80},
+                                  stats=stats)
+    assert stats["optimized_error"] <= stats["start_error"]
+    # re-measured independently with solvers.sample on the optimiser's own noise and the exact solution
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = model.schedule.prior_std * noise
+    truth = model.exact_ode_solution(x_T, rtol=1e-9, atol=1e-9)
+    def err(grid):
+        return float((solvers.sample("dpm_solver", model, noise, nfe=4, grid=grid) - truth).pow(2).mean().sqrt())
+    start = solvers.time_grid(model.schedule, 4, stats["start_grid"])
+    assert err(times) <= err(start) + 1e-9
+    assert stats["optimizer_nfe"] > 0 and stats["optimizer_seconds"] >= 0
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SCHEDULES))
+def test_ays_interpolation_reproduces_the_published_schedule(name):
+    published = np.array(PUBLISHED_SCHEDULES[name])
+    np.testing.assert_allclose(loglinear_interp(published, 11), published, rtol=1e-14)
+    doubled = loglinear_interp(published, 21)
+    np.testing.assert_allclose(doubled[::2], published, rtol=1e-13)
+    # halfway between two published levels, log-linear means the geometric mean
+    np.testing.assert_allclose(doubled[1::2], np.sqrt(published[:-1] * published[1:]), rtol=1e-13)
+    five = loglinear_interp(published, 6)
+    assert math.isclose(five[0], published[0], rel_tol=1e-14) and math.isclose(five[-1], published[-1], rel_tol=1e-14)
+    assert np.all(np.diff(five) < 0)
+
+
+def test_ays_grid_is_decreasing_and_interpolated_from_its_base():
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    stats = {}
+    times = solvers.optimize_grid(model, "euler", 5, "ays", settings={"n_samples": 16, "sweeps": 1}, stats=stats)
+    sig = model.schedule.sigma_tilde(times[:-1]).numpy()
+    np.testing.assert_allclose(sig, loglinear_interp(stats["base_levels"], 5), rtol=1e-9)
+    assert times[-1] == model.schedule.t_data
+
+
+def test_same_arguments_same_grid():
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    settings = {"fine_steps": 12, "n_samples": 8}
+    a = solvers.optimize_grid(model, "heun", 5, "gits", settings=settings, seed=3)
+    b = solvers.optimize_grid(model, "heun", 5, "gits", settings=settings, seed=3)
+    assert a.dtype == torch.float64 and torch.equal(a, b)
+    assert solvers.sample("heun", model, torch.randn(4, 2, dtype=torch.float64), grid=a).shape == (4, 2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sampler="euler", nfe=5, method="best"), "unknown grid optimisation method 'best'"),
+    (dict(sampler="edict", nfe=1, method="gits"), "needs nfe >= 2"),
+    (dict(sampler="euler_ancestral", nfe=5, method="dp"), "stochastic"),
+    (dict(sampler="euler", nfe=5, method="gits", grid="edm"), "drop the grid option"),
+    (dict(sampler="dpm_adaptive", nfe=20, method="gits"), "chooses its own steps"),
+])
+def test_bad_input_is_a_clear_error(kwargs, match):
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    with pytest.raises(ValueError, match=match):
+        solvers.optimize_grid(model, **kwargs)
+
+
+def test_exact_needs_a_known_solution():
+    with pytest.raises(ValueError, match="method 'exact' needs a model whose exact PF-ODE solution is known"):
+        solvers.optimize_grid(zoo.load("toy2d-moons"), "euler", 5, "exact")
+
+
+def test_cli_grid_writes_json(tmp_path):
+    out = tmp_path / "grid.json"
+    assert main(["grid", "gmm:ring8", "--sampler", "euler", "--nfe", "3", "--method", "gits", "--out", str(out),
+                 "--setting", "fine_steps=8", "--setting", "n_samples=4"]) == 0
+    record = json.loads(out.read_text())
+    assert len(record["times"]) == 4 and record["times"][0] == 1.0 and record["times"][-1] == 0.0
+    assert record["cost"]["optimizer_nfe"] > 0
+
+
+@pytest.mark.parametrize("args", [
+    ["gmm:ring8", "--sampler", "euler", "--nfe", "5", "--method", "best"],
+    ["toy2d-moons", "--sampler", "euler", "--nfe", "5", "--method", "exact"],
+    ["gmm:ring8", "--sampler", "edict", "--nfe", "1", "--method", "gits"],
+    ["gmm:ring8", "--sampler", "euler", "--nfe", "5", "--method", "gits", "--setting", "fine_steps=two"],
+])
+def test_cli_grid_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args):
+    out = tmp_path / "grid.json"
+    assert main(["grid", *args, "--out", str(out)]) == 2
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.startswith("nfebench: error:")
