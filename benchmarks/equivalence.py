@@ -185,6 +185,78 @@ def run_case(pipe_dir: Path, case: Case, spacing: str, network: str = "gmm", ste
             "nfe_ours": stats["nfe"], "diffusers_calls": len(their_timesteps)}
 
 
+#: (diffusers scheduler class, config, step() arguments): the configurations the table and the
+#: tests run through :func:`solvers.from_diffusers`, across every timestep spacing.
+SCHEDULER_CASES: List[tuple] = [
+    ("DDIMScheduler", {}, {"eta": 0.0}), ("DDIMScheduler", {}, {"eta": 1.0}),
+    ("DDIMScheduler", {"set_alpha_to_one": False, "steps_offset": 1}, {"eta": 0.0}),
+    ("DDPMScheduler", {}, {}), ("DDPMScheduler", {"variance_type": "fixed_large"}, {}),
+    ("PNDMScheduler", {"set_alpha_to_one": True}, {}), ("PNDMScheduler", {"skip_prk_steps": True}, {}),
+    ("EulerDiscreteScheduler", {}, {}), ("HeunDiscreteScheduler", {}, {}), ("EulerAncestralDiscreteScheduler", {}, {}),
+    ("LMSDiscreteScheduler", {}, {}), ("LMSDiscreteScheduler", {}, {"order": 2}), ("KDPM2DiscreteScheduler", {}, {}),
+    ("KDPM2AncestralDiscreteScheduler", {}, {}), ("DPMSolverSDEScheduler", {}, {}),
+    ("DPMSolverMultistepScheduler", {}, {}), ("DPMSolverMultistepScheduler", {"solver_order": 1}, {}),
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}, {}),
+    ("DPMSolverMultistepScheduler", {"solver_order": 3, "lower_order_final": False}, {}),
+    ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min"}, {}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, {}),
+    ("DPMSolverMultistepScheduler", {"solver_type": "heun", "lower_order_final": False}, {}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, {}),
+    ("UniPCMultistepScheduler", {}, {}),
+    # bh1 divides by the last sigma: diffusers itself returns NaN with final sigma 0. (predict_x0=False
+    # amplifies diffusers' float32 tables to ~1e-4: tests/test_parity_unipc.py runs it with float64 ones.)
+    ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {}),
+    ("UniPCMultistepScheduler", {"final_sigmas_type": "sigma_min"}, {}),
+    ("DEISMultistepScheduler", {}, {}), ("DEISMultistepScheduler", {"solver_order": 3}, {}),
+    ("SASolverScheduler", {}, {}), ("SASolverScheduler", {"predictor_order": 3, "corrector_order": 4}, {}),
+]
+
+
+def scheduler_case_label(class_name: str, config: Dict[str, Any], step_arguments: Dict[str, Any]) -> str:
+    extra = ", ".join(f"{k}={v!r}" for k, v in {**config, **step_arguments}.items())
+    return class_name.removesuffix("Scheduler") + (f"({extra})" if extra else "")
+
+
+def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spacing: str, steps: int = 10,
+                  step_arguments: Optional[Dict[str, Any]] = None, network: str = "gmm", n: int = 3, seed: int = 0,
+                  dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
+    """diffusers' own loop with ``class_name`` (the pipeline's scheduler config, ``timestep_spacing``
+    = spacing, ``config`` over it) against :func:`solvers.sample` with the sampler and options
+    :func:`solvers.from_diffusers` maps it to, from the same latents, budget = diffusers' network
+    calls; per-step noise from equally seeded generators. Returns the relative max difference,
+    both counts and :func:`solvers.exact_in_diffusers`' verdict."""
+    import diffusers
+
+    _quiet_diffusers()
+    step_arguments = dict(step_arguments or {})
+    base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
+    scheduler = getattr(diffusers, class_name).from_config(
+        {**base, "timestep_spacing": spacing, "clip_sample": False, **config})
+    name, options = solvers.from_diffusers(scheduler, **step_arguments)
+    model, net = _network(pipe_dir, network, dtype)
+    latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
+    calls = []
+
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(float(t))
+        return net(x, t)
+
+    kwargs = dict(step_arguments)
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    theirs = diffusers_loop(scheduler, counted, latents, steps, **kwargs)
+    stats: Dict[str, Any] = {}
+    ours = solvers.sample(name, model, latents, nfe=len(calls), generator=torch.Generator().manual_seed(seed),
+                          stats=stats, **options)
+    return {"case": scheduler_case_label(class_name, config, step_arguments), "spacing": spacing, "network": network,
+            "steps": steps, "sampler": name, "options": options,
+            "max_rel_diff": float((ours - theirs).abs().max() / theirs.abs().max()),
+            "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
+            "nfe_ours": stats["nfe"], "diffusers_calls": len(calls),
+            "note": solvers.exact_in_diffusers(scheduler, steps) or ""}
+
+
 def equivalence_table(steps: int = 10, cases: Sequence[Case] = tuple(CASES),
                       networks: Sequence[str] = ("gmm", "unet")) -> List[Dict[str, Any]]:
     rows = []

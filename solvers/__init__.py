@@ -14,8 +14,9 @@ from .grids import GRIDS, time_grid
 from .registry import GRID_OPTIONS, Alias, SamplerSpec, aliases, available, get, register
 from .sampling import MAX_NFE, sample
 from .optimized_grids import optimize_grid
+from .diffusers_mapping import exact_in_diffusers, from_diffusers
 
 __all__ = [
     "sample", "available", "aliases", "get", "register", "Alias", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
-    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid",
+    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid", "from_diffusers", "exact_in_diffusers",
 ]

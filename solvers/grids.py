@@ -207,7 +207,7 @@ def discrete_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_off
 def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *, rho: float | None = None,
               t_min: float | None = None, t_max: float | None = None, to_zero: bool = True,
               spacing: str | None = None, steps_offset: int = 0, discard_penultimate: bool = False,
-              **grid_params: float) -> torch.Tensor:
+              drop_last_timestep: bool = False, **grid_params: float) -> torch.Tensor:
     """The n_steps + 1 times a fixed-step sampler visits (see module docstring).
 
     ``grid`` is a name from :data:`GRIDS` or a 1-D tensor of times (validated and used as is;
@@ -219,16 +219,27 @@ def time_grid(schedule: Schedule, n_steps: int, grid: GridSpec | None = "edm", *
     ``discard_penultimate`` builds the grid for n_steps + 1 steps and drops its second-to-last
     time (ComfyUI does this for dpm_2 and uni_pc, so that the last step is a long one onto the
     final level); it is an explicit option here and never implied by a sampler.
+
+    ``drop_last_timestep`` (with ``spacing``) spaces n_steps + 1 training timesteps and drops the
+    last before appending the end (t_data, or timestep 0 without ``to_zero``): the timesteps of
+    diffusers' multistep schedulers (DPMSolverMultistep, UniPC, DEIS, ...) for linspace and
+    leading spacing.
     """
+    if drop_last_timestep and spacing is None:
+        raise ValueError("drop_last_timestep=True applies to a spacing= of training timesteps; give spacing= too")
     if discard_penultimate:
         longer = time_grid(schedule, n_steps + 1, grid, rho=rho, t_min=t_min, t_max=t_max, to_zero=to_zero,
-                           spacing=spacing, steps_offset=steps_offset, **grid_params)
+                           spacing=spacing, steps_offset=steps_offset, drop_last_timestep=drop_last_timestep,
+                           **grid_params)
         return torch.cat([longer[:-2], longer[-1:]])
     if spacing is not None:
         if schedule.num_train_timesteps is None:
             raise ValueError(f"spacing={spacing!r} needs a discrete schedule with training timesteps "
                              f"(DiscreteVP), not {schedule.name}; use grid= instead")
-        ts = discrete_timesteps(schedule.num_train_timesteps, n_steps, spacing, steps_offset)
+        if drop_last_timestep:
+            ts = discrete_timesteps(schedule.num_train_timesteps, n_steps + 1, spacing, steps_offset)[:-1]
+        else:
+            ts = discrete_timesteps(schedule.num_train_timesteps, n_steps, spacing, steps_offset)
         end = schedule.t_data if to_zero else schedule.t_min
         if float(ts[-1]) != end:
             ts = torch.cat([ts, torch.tensor([end], dtype=torch.float64)])

@@ -22,7 +22,7 @@ from .rules import Rule
 
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
 GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset", "discard_penultimate",
-                "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold")
+                "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold", "drop_last_timestep", "start_noise")
 #: Arguments every sampler function takes and that are not user options.
 _POSITIONAL = ("model", "x_T", "times")
 _PLUMBING = ("generator", "max_nfe", "stats")

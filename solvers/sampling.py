@@ -4,6 +4,7 @@ It turns an NFE budget into a grid (the sampler's NFE rule inverted), starts the
 x_T = prior_std * noise, calls the sampler and checks the count the model's wrapper made."""
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Dict, Optional
 
@@ -14,7 +15,7 @@ from score_models.parameterization import DiffusionModel
 from .grids import time_grid
 from .registry import SamplerSpec, get
 
-__all__ = ["sample", "MAX_NFE", "check_budget", "check_noise", "plan_times"]
+__all__ = ["sample", "MAX_NFE", "check_budget", "check_noise", "plan_times", "start_scale"]
 
 #: The largest budget a call may ask for; a grid of this many steps is ~1 MB of float64 times.
 MAX_NFE = 100_000
@@ -51,6 +52,7 @@ def plan_times(spec: SamplerSpec, model: DiffusionModel, nfe: Optional[int], opt
     """(the float64 times the sampler visits, its step count or None for adaptive samplers) for
     a budget and options; pops the grid options out of ``options``."""
     grid_kw = {k: options.pop(k) for k in spec.grid_options if k in options}
+    grid_kw.pop("start_noise", None)  # where x_T starts, not a time (read by sample())
     if "spacing" in grid_kw and "grid" in grid_kw:
         raise ValueError(f"give grid= or spacing= (discrete timesteps), not both; got grid={grid_kw['grid']!r}, "
                          f"spacing={grid_kw['spacing']!r}")
@@ -66,6 +68,7 @@ def plan_times(spec: SamplerSpec, model: DiffusionModel, nfe: Optional[int], opt
             raise ValueError(f"{spec.name} on the given {n_steps}-step grid needs {need} NFE, more than nfe={nfe}")
         return times, n_steps
     grid_kw = spec.grid_settings(grid_kw, model)
+    grid_kw.pop("start_noise", None)
     ends_at_data = bool(grid_kw.pop("to_zero", True))
     grid = grid_kw.pop("grid", None if "spacing" in grid_kw else spec.default_grid)
     if spec.adaptive:
@@ -90,6 +93,26 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
            **options: Any) -> torch.Tensor:
     """Draw samples with a registered sampler from standard-normal ``noise``.
 
+def start_scale(model: DiffusionModel, t_start: float, start_noise: str = "prior") -> float:
+    """The scale of x_T = scale * noise (the ``start_noise`` grid option):
+
+    - ``"prior"``: the schedule's prior (schedule.prior_std_at): 1 on VP, sigma on VE/EDM;
+    - ``"sigma"``: the noise part alone, sigma(t_start) (diffusers' init_noise_sigma = sigma_max
+      of its sigma-space schedulers with linspace and trailing spacing);
+    - ``"unit_data"``: sqrt(alpha^2 + sigma^2), the marginal's scale for unit-variance data
+      (diffusers' init_noise_sigma = sqrt(sigma_max^2 + 1) of leading spacing and its EDM
+      schedulers; 1 on VP schedules).
+
+    On a VP schedule "sigma" differs from the other two by the factor sqrt(1 - alpha^2), 1 - 2e-5
+    at DDPM's last timestep."""
+    sched = model.schedule
+    if start_noise == "sigma":
+        return float(sched.sigma(t_start))
+    if start_noise == "unit_data":
+        return math.hypot(float(sched.alpha(t_start)), float(sched.sigma(t_start)))
+    return sched.prior_std_at(t_start)
+
+
     Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and
     makes at most ``nfe`` network evaluations (exactly the registered rule's count for fixed-step
     samplers; a cap for adaptive ones).
@@ -106,11 +129,12 @@ def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[
     nfe = check_budget(nfe)
     check_noise(model, noise)
     times, n_steps = plan_times(spec, model, nfe, options)
-    x_T = model.schedule.prior_std_at(float(times[0])) * noise
+    x_T = start_scale(model, float(times[0]), start_noise) * noise
     extra: Dict[str, Any] = {}
     if spec.adaptive:
         extra["max_nfe"] = nfe
     if spec.reports_stats:
+    start_noise = spec.grid_settings(options, model).get("start_noise", "prior")
         extra["stats"] = stats
     start, start_passes = model.nfe, model.network_passes
     x = spec.fn(model, x_T, times, generator=generator, **extra, **options)

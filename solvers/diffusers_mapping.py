@@ -1,0 +1,388 @@
+"""diffusers schedulers as nfebench samplers: :func:`from_diffusers`.
+
+    name, options = solvers.from_diffusers(pipeline.scheduler)      # or its config dict
+    x0 = solvers.sample(name, model, latents, nfe=..., **options)
+
+One table, :data:`SCHEDULERS`, says for each diffusers scheduler class which registered sampler
+computes the same update and how its config values become options. The time grid follows from
+the class's family (:class:`Family`): which training timesteps diffusers visits for each
+``timestep_spacing``, where its last step ends, and how it scales the starting latents
+(``init_noise_sigma``). A config value the table does not map (``thresholding=True``, a
+``tau_func``, a flow-matching shift, ...) is refused with a ValueError naming the value and the
+values that are valid; values that only define the schedule (betas, ``num_train_timesteps``)
+belong to the model and are not read here.
+
+Where diffusers' arithmetic is not what a grid of times can say, the mapping gives the
+consistent choice and :func:`exact_in_diffusers` says that the two differ:
+
+- DDIM, DDPM and PNDM step from t to t - T//N (a fixed stride), and then evaluate the network at
+  the next timestep of the spacing; the two agree for leading spacing, and for trailing when N
+  divides T, but not for linspace: the state is moved to one time and read as if at another.
+- The sigma-space schedulers (Euler, Heun, LMS, ...) visit fractional timesteps for linspace
+  spacing when N - 1 does not divide T - 1, and interpolate sigma~ linearly between integer
+  timesteps there; nfebench's discrete schedule interpolates log alpha (which keeps lambda(t)
+  monotone and the PF-ODE's coefficients piecewise smooth) and its linspace spacing rounds to
+  integer timesteps, as the network was trained on.
+- With karras / exponential / beta sigmas diffusers steps with the unrounded sigma but calls
+  the network at a rounded (or log-sigma interpolated) timestep.
+
+``benchmarks/diffusers_costs.py`` measures what each difference costs on the exact mixtures.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+__all__ = ["from_diffusers", "exact_in_diffusers", "SCHEDULERS", "Family", "SchedulerMapping", "scheduler_config"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family of diffusers schedulers spaces its timesteps, ends and starts.
+
+    - ``spacing``: reads ``timestep_spacing`` / ``steps_offset`` into nfebench's ``spacing`` /
+      ``steps_offset``;
+    - ``drop_last_for``: spacings for which diffusers spaces N + 1 timesteps and drops the last;
+    - ``end``: ``"set_alpha_to_one"`` (the config value says whether the last step ends at
+      sigma = 0), ``"final_sigmas_type"`` ("zero" or "sigma_min", i.e. timestep 0), ``"zero"`` or
+      ``"timestep_0"``;
+    - ``start``: ``"prior"`` (x_T = noise, VP), ``"sigma_space"`` (init_noise_sigma = sigma_max for
+      linspace/trailing, sqrt(sigma_max^2 + 1) for leading), ``"edm"`` (sqrt(sigma_max^2 + 1));
+    - ``sigma_grids``: whether use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas exist.
+    """
+
+    name: str
+    spacing: bool = True
+    drop_last_for: Tuple[str, ...] = ()
+    end: str = "zero"
+    start: str = "prior"
+    sigma_grids: bool = False
+
+
+STRIDE = Family("stride", end="set_alpha_to_one")
+SIGMA_SPACE = Family("sigma_space", start="sigma_space", sigma_grids=True)
+MULTISTEP = Family("multistep", drop_last_for=("linspace", "leading"), end="final_sigmas_type", sigma_grids=True)
+EDM_FAMILY = Family("edm", spacing=False, end="final_sigmas_type", start="edm")
+STUDENT = Family("student", spacing=False)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # arrays and the like: compare as lists
+        return list(a) == list(b)
+
+
+@dataclass(frozen=True)
+class SchedulerMapping:
+    """A diffusers scheduler class and the nfebench sampler that computes its update.
+
+    ``accepts``: the config keys (besides the family's grid keys) this mapping reads, each with
+    the values it can map (None: any value). ``options``: config -> the sampler's own options.
+    """
+
+    sampler: str
+    family: Family
+    accepts: Dict[str, Optional[Tuple[Any, ...]]] = field(default_factory=dict)
+    options: Callable[[Mapping[str, Any]], Dict[str, Any]] = lambda config: {}
+    note: str = ""
+
+
+def _dpm_multistep(config: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    order, algorithm = int(config.get("solver_order", 2)), config.get("algorithm_type", "dpmsolver++")
+    solver_type, lower = config.get("solver_type", "midpoint"), bool(config.get("lower_order_final", True))
+    if algorithm == "sde-dpmsolver++":
+        if order == 2:
+            return "dpmpp_2m_sde", {"eta": 1.0, "solver_type": solver_type, "lower_order_final": lower}
+        if order == 3:
+            return "dpmpp_3m_sde", {"eta": 1.0, "solver_type": solver_type, "third_order_term": "diffusers",
+                                    "lower_order_final": lower}
+        raise ValueError("algorithm_type='sde-dpmsolver++' with solver_order=1 has no nfebench equivalent; valid "
+                         "solver_order: 2, 3")
+    if solver_type == "heun" and order == 2 and algorithm == "dpmsolver++":
+        if lower:
+            raise ValueError("DPMSolverMultistep solver_type='heun' maps to res_multistep, which keeps order 2 to "
+                             "the end; valid lower_order_final: False (or solver_type='midpoint')")
+        return "res_multistep", {}
+    if solver_type == "heun" and order > 1:
+        raise ValueError(f"solver_type='heun' with solver_order={order}, algorithm_type={algorithm!r} has no nfebench "
+                         f"equivalent; valid: solver_type='midpoint', or solver_order=2 with 'dpmsolver++'")
+    options = {"order": order, "algorithm": algorithm, "lower_order_final": lower}
+    if order == 3:
+        options["third_order_term"] = "diffusers"
+    return "dpm_solver", options
+
+
+_ORDERS = (1, 2, 3)
+#: variance_type values with which diffusers' multistep schedulers read no variance channels
+#: (a model with learned variance declares it itself: DiffusionModel(learned_variance=True)).
+_NOT_LEARNED = (None, "fixed_small", "fixed_large", "fixed_small_log", "fixed_large_log")
+_DPM_ACCEPTS = {"solver_order": _ORDERS, "algorithm_type": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+                "solver_type": ("midpoint", "heun"), "lower_order_final": (True, False), "euler_at_final": (False,),
+                "lambda_min_clipped": (-math.inf,), "variance_type": _NOT_LEARNED, "use_lu_lambdas": (False,)}
+_NO_FLOW = {"use_flow_sigmas": (False,), "flow_shift": (1.0,), "use_dynamic_shifting": (False,),
+            "time_shift_type": None}
+
+#: diffusers scheduler class -> its nfebench sampler. Declared once; checked by :func:`check_table`.
+SCHEDULERS: Dict[str, SchedulerMapping] = {
+    "DDIMScheduler": SchedulerMapping("ddim", STRIDE, {"set_alpha_to_one": (True, False)},
+                                      note="eta is an argument of diffusers' step(): pass it as from_diffusers(eta=)"),
+    "DDPMScheduler": SchedulerMapping(
+        "ddpm", Family("stride_to_zero"), {"variance_type": ("fixed_small", "fixed_large", "learned_range")},
+        lambda c: {"variance": c.get("variance_type", "fixed_small")}),
+    "PNDMScheduler": SchedulerMapping(
+        "pndm", STRIDE, {"set_alpha_to_one": (True, False), "skip_prk_steps": (True, False)}),
+    "EulerDiscreteScheduler": SchedulerMapping(
+        "euler", SIGMA_SPACE, {"interpolation_type": ("linear",), "timestep_type": ("discrete",),
+                               "final_sigmas_type": ("zero",), "sigma_min": (None,), "sigma_max": (None,)}),
+    "HeunDiscreteScheduler": SchedulerMapping("heun", SIGMA_SPACE),
+    "EulerAncestralDiscreteScheduler": SchedulerMapping("euler_ancestral", SIGMA_SPACE),
+    "LMSDiscreteScheduler": SchedulerMapping("lms", SIGMA_SPACE,
+                                             note="order is an argument of diffusers' step() (default 4)"),
+    "KDPM2DiscreteScheduler": SchedulerMapping("dpm_2", SIGMA_SPACE),
+    "KDPM2AncestralDiscreteScheduler": SchedulerMapping("dpm_2_ancestral", SIGMA_SPACE),
+    "DPMSolverSDEScheduler": SchedulerMapping(
+        "dpmpp_sde", SIGMA_SPACE, {"noise_sampler_seed": None}, lambda c: {"noise_sampler": "brownian"},
+        note="the Brownian tree's seed comes from nfebench's generator, not noise_sampler_seed"),
+    "DPMSolverMultistepScheduler": SchedulerMapping("dpm_solver", MULTISTEP, {**_DPM_ACCEPTS, **_NO_FLOW}),
+    "UniPCMultistepScheduler": SchedulerMapping(
+        "unipc", MULTISTEP,
+        {"solver_order": _ORDERS, "solver_type": ("bh1", "bh2"), "predict_x0": (True, False),
+         "lower_order_final": (True, False), "disable_corrector": ([],), "solver_p": (None,),
+         "sigma_min": (None,), "sigma_max": (None,), "shift_terminal": (None,), **_NO_FLOW},
+        lambda c: {"order": int(c.get("solver_order", 2)), "variant": c.get("solver_type", "bh2"),
+                   "predict_x0": bool(c.get("predict_x0", True)), "lower_order_final": bool(c.get("lower_order_final", True))}),
+    "DEISMultistepScheduler": SchedulerMapping(
+        "deis", Family("multistep_to_timestep_0", drop_last_for=("linspace", "leading"), end="timestep_0",
+                       sigma_grids=True),
+        {"solver_order": _ORDERS, "algorithm_type": ("deis",), "solver_type": ("logrho",),
+         "lower_order_final": (True, False), **_NO_FLOW},
+        lambda c: {"order": int(c.get("solver_order", 2)), "poly_in": "log_rho",
+                   "lower_order_final": bool(c.get("lower_order_final", True))}),
+    "SASolverScheduler": SchedulerMapping(
+        "sa_solver", Family("multistep_to_timestep_0", drop_last_for=("linspace", "leading"), end="timestep_0",
+                            sigma_grids=True),
+        {"predictor_order": (1, 2, 3, 4), "corrector_order": (1, 2, 3, 4), "tau_func": (None,),
+         "algorithm_type": ("data_prediction",), "lower_order_final": (True, False),
+         "lambda_min_clipped": (-math.inf,), "variance_type": _NOT_LEARNED, **_NO_FLOW},
+        lambda c: {"predictor_order": int(c.get("predictor_order", 2)), "corrector_order": int(c.get("corrector_order", 2)),
+                   "lower_order_final": bool(c.get("lower_order_final", True))},
+        note="a tau_func other than diffusers' default cannot be read; use sa_solver's tau options"),
+    "EDMEulerScheduler": SchedulerMapping("euler", EDM_FAMILY, {"sigma_data": None}),
+    "EDMDPMSolverMultistepScheduler": SchedulerMapping(
+        "dpm_solver", EDM_FAMILY, {"sigma_data": None, **_DPM_ACCEPTS}),
+    "LCMScheduler": SchedulerMapping(
+        "consistency", STUDENT, {"original_inference_steps": None, "timestep_scaling": None,
+                                 "set_alpha_to_one": (True,), "timestep_spacing": None, "steps_offset": None},
+        note="runs on the grid the consistency student declares"),
+    "TCDScheduler": SchedulerMapping(
+        "tcd", STUDENT, {"original_inference_steps": None, "timestep_scaling": None, "set_alpha_to_one": (True,),
+                         "timestep_spacing": None, "steps_offset": None},
+        note="gamma is diffusers' step(eta=): pass it as from_diffusers(eta=)"),
+    "CMStochasticIterativeScheduler": SchedulerMapping(
+        "consistency", STUDENT, {"sigma_min": None, "sigma_max": None, "sigma_data": None, "rho": None,
+                                 "s_noise": (1.0,), "clip_denoised": (False,)},
+        note="runs on the grid the consistency student declares"),
+}
+
+#: Config keys that define the schedule (the model's business) or are bookkeeping.
+SCHEDULE_KEYS = ("_class_name", "_diffusers_version", "_use_default_values", "num_train_timesteps", "beta_start",
+                 "beta_end", "beta_schedule", "trained_betas", "prediction_type", "clip_sample_range",
+                 "dynamic_thresholding_ratio", "sample_max_value")
+#: Keys every family reads.
+_COMMON = {"thresholding": (False,), "clip_sample": (False,), "rescale_betas_zero_snr": (False,)}
+_SPACING_KEYS = {"timestep_spacing": ("linspace", "leading", "trailing"), "steps_offset": None}
+_SIGMA_GRID_KEYS = {"use_karras_sigmas": (True, False), "use_exponential_sigmas": (True, False),
+                    "use_beta_sigmas": (True, False)}
+_EDM_KEYS = {"sigma_min": None, "sigma_max": None, "rho": None, "sigma_schedule": ("karras", "exponential"),
+             "final_sigmas_type": ("zero", "sigma_min")}
+#: step() arguments diffusers takes per call, and the nfebench option each becomes.
+STEP_ARGUMENTS = {"DDIMScheduler": {"eta": "eta"}, "TCDScheduler": {"eta": "gamma"}, "LMSDiscreteScheduler": {"order": "order"}}
+
+
+def scheduler_config(scheduler: Any) -> Tuple[str, Dict[str, Any]]:
+    """(class name, config dict) of a diffusers scheduler instance or a config mapping with
+    ``_class_name`` (as saved in scheduler_config.json)."""
+    if isinstance(scheduler, Mapping):
+        config = dict(scheduler)
+        name = config.get("_class_name")
+        if not isinstance(name, str):
+            raise ValueError("a scheduler config needs '_class_name' (as diffusers saves it); valid: "
+                             + ", ".join(SCHEDULERS))
+        return name, config
+    config = getattr(scheduler, "config", None)
+    if config is None:
+        raise ValueError(f"from_diffusers takes a diffusers scheduler or its config dict, got {type(scheduler).__name__}")
+    return type(scheduler).__name__, dict(config)
+
+
+def _class_defaults(name: str) -> Dict[str, Any]:
+    """The defaults of the class's __init__ (diffusers' own), or {} when diffusers is absent."""
+    try:
+        import diffusers
+    except ImportError:  # a config dict can be mapped without diffusers installed
+        return {}
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        return {}
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _accepted_keys(mapping: SchedulerMapping) -> Dict[str, Optional[Tuple[Any, ...]]]:
+    keys = dict(_COMMON)
+    if mapping.family.spacing:
+        keys.update(_SPACING_KEYS)
+        if mapping.family.end == "set_alpha_to_one":
+            keys["set_alpha_to_one"] = (True, False)
+        if mapping.family.end == "final_sigmas_type":
+            keys["final_sigmas_type"] = ("zero", "sigma_min")
+    if mapping.family.sigma_grids:
+        keys.update(_SIGMA_GRID_KEYS)
+    if mapping.family is EDM_FAMILY:
+        keys.update(_EDM_KEYS)
+    keys.update(mapping.accepts)
+    return keys
+
+
+def _check_values(name: str, config: Dict[str, Any], mapping: SchedulerMapping) -> None:
+    defaults = _class_defaults(name)
+    accepted = _accepted_keys(mapping)
+    for key, value in config.items():
+        if key in SCHEDULE_KEYS:
+            continue
+        if defaults and key not in defaults:
+            continue  # diffusers keeps, and ignores, keys of other classes (a config saved by one, loaded by another)
+        if key not in accepted:
+            if key in defaults and _same(value, defaults[key]):
+                continue  # a value at diffusers' default that changes nothing here
+            raise ValueError(f"{name} config {key}={value!r} has no nfebench equivalent; this mapping reads "
+                             f"{', '.join(sorted(accepted))} (and the schedule's keys)")
+        valid = accepted[key]
+        if valid is not None and not any(_same(value, v) and type(value) is type(v) or
+                                         (isinstance(value, (int, float)) and not isinstance(value, bool) and
+                                          isinstance(v, (int, float)) and not isinstance(v, bool) and value == v)
+                                         for v in valid):
+            raise ValueError(f"{name} config {key}={value!r} is not supported; valid: "
+                             f"{', '.join(repr(v) for v in valid)}")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"{name} config prediction_type={prediction!r} is not supported; valid: 'epsilon', "
+                         f"'v_prediction', 'sample' (the model's wrapper reads it)")
+    chosen = [k for k in _SIGMA_GRID_KEYS if config.get(k)]
+    if len(chosen) > 1:
+        raise ValueError(f"{name} config sets {', '.join(chosen)}; diffusers allows one of them")
+
+
+def _grid_options(name: str, config: Dict[str, Any], family: Family) -> Dict[str, Any]:
+    options: Dict[str, Any] = {}
+    if family is EDM_FAMILY:
+        options["grid"] = config.get("sigma_schedule", "karras")
+        if options["grid"] == "karras":
+            options["rho"] = float(config.get("rho", 7.0))
+        options["t_min"] = float(config.get("sigma_min", 0.002))
+        options["t_max"] = float(config.get("sigma_max", 80.0))
+        options["to_zero"] = config.get("final_sigmas_type", "zero") == "zero"
+        options["start_noise"] = "unit_data"
+        return options
+    if not family.spacing:
+        return options
+    sigma_grid = next((g for k, g in (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"),
+                                      ("use_beta_sigmas", "beta")) if config.get(k)), None)
+    spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
+    if sigma_grid is not None:
+        # diffusers spaces these sigmas between those of timesteps T-1 and 0.
+        options.update(grid=sigma_grid, t_max=float(config.get("num_train_timesteps", 1000) - 1), t_min=0.0)
+        if sigma_grid == "beta":
+            options.update(beta_a=0.6, beta_b=0.6)
+    else:
+        options["spacing"] = spacing
+        if spacing == "leading" and int(config.get("steps_offset", 0)):
+            options["steps_offset"] = int(config["steps_offset"])
+        if spacing in family.drop_last_for:
+            options["drop_last_timestep"] = True
+    if family.end == "set_alpha_to_one":
+        options["to_zero"] = bool(config.get("set_alpha_to_one", _class_defaults(name).get("set_alpha_to_one", True)))
+    elif family.end == "final_sigmas_type":
+        options["to_zero"] = config.get("final_sigmas_type", "zero") == "zero"
+    elif family.end == "timestep_0":
+        options["to_zero"] = False
+    if family.start == "sigma_space":
+        options["start_noise"] = "unit_data" if (spacing == "leading" and sigma_grid is None) else "sigma"
+    return options
+
+
+def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str, Any]]:
+    """(sampler name, options) that make :func:`solvers.sample` compute what diffusers' own loop
+    with this scheduler computes (:func:`exact_in_diffusers` says where only approximately).
+
+    ``scheduler``: a diffusers scheduler instance or its config dict (with ``_class_name``).
+    ``step_arguments``: what diffusers passes to ``step()`` rather than keeps in the config
+    (DDIM's ``eta``, TCD's ``eta`` = gamma, LMS's ``order``); see :data:`STEP_ARGUMENTS`.
+    Give ``nfe`` to solvers.sample as diffusers' number of network calls for its
+    ``num_inference_steps`` (the sampler's NFE rule: ``solvers.get(name).count``).
+    """
+    name, config = scheduler_config(scheduler)
+    mapping = SCHEDULERS.get(name)
+    if mapping is None:
+        raise ValueError(f"diffusers scheduler {name!r} has no nfebench sampler (run it with sampler 'diffusers'); "
+                         f"valid: {', '.join(SCHEDULERS)}")
+    _check_values(name, config, mapping)
+    allowed = STEP_ARGUMENTS.get(name, {})
+    unknown = sorted(set(step_arguments) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name} step() argument(s) {unknown} are not mapped; valid: {', '.join(allowed) or 'none'}")
+    sampler = mapping.sampler
+    if name in ("DPMSolverMultistepScheduler", "EDMDPMSolverMultistepScheduler"):
+        sampler, options = _dpm_multistep(config)
+    else:
+        options = dict(mapping.options(config))
+    if name == "PNDMScheduler" and config.get("skip_prk_steps", False):
+        sampler, options = "plms", {"warmup": "improved_euler"}
+    options.update({allowed[k]: v for k, v in step_arguments.items()})
+    options.update(_grid_options(name, config, mapping.family))
+    if name == "DDPMScheduler":
+        options["to_zero"] = True
+    from .registry import get
+
+    spec = get(sampler)
+    options = {k: v for k, v in options.items() if k in spec.options}  # a student sampler has no grid options
+    spec.check_options(options)
+    return sampler, options
+
+
+def exact_in_diffusers(scheduler: Any, num_inference_steps: int) -> Optional[str]:
+    """None when :func:`from_diffusers`' mapping reproduces diffusers' loop for this many steps
+    (to diffusers' float32 round-off), else why not (see the module docstring)."""
+    name, config = scheduler_config(scheduler)
+    mapping = SCHEDULERS[name]
+    from_diffusers(scheduler)
+    family, n = mapping.family, int(num_inference_steps)
+    t_train = int(config.get("num_train_timesteps", 1000))
+    spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
+    if family is EDM_FAMILY and config.get("final_sigmas_type", "zero") == "sigma_min":
+        return "diffusers' sigmas already end at sigma_min: its last step is zero-length and still calls the network"
+    if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):
+        return "diffusers calls the network at a rounded or log-sigma interpolated timestep of each sigma"
+    if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)):
+        return f"diffusers steps t -> t - {t_train}//{n} and then evaluates at the next {spacing} timestep"
+    last = spacing == "linspace" or (spacing == "leading" and not int(config.get("steps_offset", 0)))
+    if family is STRIDE and last and not config.get("set_alpha_to_one", _class_defaults(name).get("set_alpha_to_one")):
+        return "diffusers spends a network call on a zero-length last step, from timestep 0 to abar_0"
+    if name == "DDPMScheduler" and config.get("variance_type") == "fixed_large" and spacing == "trailing":
+        return ("diffusers adds beta-variance noise on its last step, from timestep > 0 into the data; nfebench adds "
+                "none on a step onto sigma = 0")
+    if family is SIGMA_SPACE and spacing == "linspace" and n > 1 and (t_train - 1) % (n - 1):
+        return ("diffusers visits fractional timesteps (linspace unrounded) and interpolates sigma linearly "
+                "between integer timesteps there")
+    if name == "KDPM2DiscreteScheduler" and spacing != "trailing":
+        return "diffusers calls the network at the log-sigma interpolated timestep of each midpoint sigma"
+    if config.get("algorithm_type") == "sde-dpmsolver++":
+        return "diffusers draws its per-step noise in its own order and dtype (the same SDE, other draws)"
+    if name == "DPMSolverSDEScheduler":
+        return "diffusers seeds its Brownian tree from noise_sampler_seed, nfebench from its generator"
+    return None

@@ -1,0 +1,164 @@
+"""solvers.from_diffusers: every mapped diffusers scheduler configuration, run through diffusers'
+own loop and through solvers.sample with the mapped sampler and options, on the exact mixture's
+eps over diffusers' DDPM schedule (benchmarks.equivalence.run_scheduler), from the same latents
+and with per-step noise from equally seeded generators.
+
+Where solvers.exact_in_diffusers says the mapping reproduces diffusers, the two agree to 1e-5
+relative (diffusers keeps its tables in float32: ~1e-7 is typical) with the same number of
+network calls; where it names a difference, the difference is real (larger than 1e-5, or a
+different number of calls).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import solvers
+from benchmarks.equivalence import SCHEDULER_CASES, make_tiny_pipeline, run_scheduler, scheduler_case_label
+from solvers.diffusers_mapping import SCHEDULERS
+
+diffusers = pytest.importorskip("diffusers")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::FutureWarning"),
+              pytest.mark.filterwarnings("ignore:Should have t:UserWarning")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory) -> Path:
+    diffusers.utils.logging.set_verbosity_error()
+    return make_tiny_pipeline(tmp_path_factory.mktemp("from_diffusers") / "ddpm")
+
+
+@pytest.mark.parametrize("case", SCHEDULER_CASES, ids=lambda c: scheduler_case_label(*c))
+@pytest.mark.parametrize("spacing", ("linspace", "leading", "trailing"))
+def test_mapping_reproduces_diffusers_where_it_says_so(pipe_dir, case, spacing):
+    class_name, config, step_arguments = case
+    for steps in (7, 10):
+        row = run_scheduler(pipe_dir, class_name, config, spacing, steps, step_arguments)
+        if row["note"]:
+            assert row["max_rel_diff"] > 1e-5 or row["nfe_ours"] != row["diffusers_calls"], row
+        else:
+            assert row["max_rel_diff"] <= 1e-5, row
+            assert row["nfe_ours"] == row["diffusers_calls"], row
+
+
+def test_every_mapped_class_is_run_side_by_side():
+    run = {c[0] for c in SCHEDULER_CASES}
+    students_and_edm = {n for n, m in SCHEDULERS.items() if m.family.name in ("student", "edm")}
+    assert set(SCHEDULERS) - students_and_edm <= run
+    for name, mapping in SCHEDULERS.items():
+        assert mapping.sampler in solvers.available() + solvers.aliases(), name
+
+
+def test_cases_each_sampler_is_reached():
+    reached = {solvers.from_diffusers(getattr(diffusers, c).from_config({"clip_sample": False, **cfg}), **sa)[0]
+               for c, cfg, sa in SCHEDULER_CASES}
+    assert {"ddim", "ddpm", "pndm", "plms", "euler", "heun", "euler_ancestral", "lms", "dpm_2", "dpm_2_ancestral",
+            "dpm_solver", "res_multistep", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "sa_solver"} <= reached
+
+
+# --- the EDM schedulers on an EDM-schedule mixture -----------------------------------------------
+@pytest.mark.parametrize("class_name, config", [
+    ("EDMEulerScheduler", {}), ("EDMEulerScheduler", {"sigma_schedule": "exponential"}),
+    ("EDMEulerScheduler", {"rho": 5.0, "sigma_min": 0.01, "sigma_max": 40.0}),
+    ("EDMDPMSolverMultistepScheduler", {}), ("EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("EDMDPMSolverMultistepScheduler", {"solver_order": 2, "sigma_schedule": "exponential"}),
+    ("EDMDPMSolverMultistepScheduler", {"solver_type": "heun", "lower_order_final": False}),
+])
+def test_edm_schedulers(class_name, config):
+    from benchmarks.equivalence import _edm_network, diffusers_loop
+    from score_models import zoo
+
+    scheduler = getattr(diffusers, class_name)(**config)
+    name, options = solvers.from_diffusers(scheduler)
+    exact = zoo.load("gmm:image3x8x8", schedule="edm")
+    for steps in (7, 10):
+        latents = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        start = exact.nfe
+        theirs = diffusers_loop(scheduler, _edm_network(scheduler, exact), latents, steps)
+        calls = exact.nfe - start
+        stats = {}
+        ours = solvers.sample(name, exact, latents, nfe=calls, stats=stats, **options)
+        assert float((ours - theirs).abs().max() / theirs.abs().max()) <= 1e-5
+        assert stats["nfe"] == calls
+
+
+# --- refusals ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler, message", [
+    (lambda: diffusers.DDIMScheduler(thresholding=True, clip_sample=False),
+     r"thresholding=True is not supported; valid: False"),
+    (lambda: diffusers.DDIMScheduler(clip_sample=True), r"clip_sample=True is not supported; valid: False"),
+    (lambda: diffusers.EulerDiscreteScheduler(interpolation_type="log_linear"),
+     r"interpolation_type='log_linear' is not supported; valid: 'linear'"),
+    (lambda: diffusers.EulerDiscreteScheduler(timestep_type="continuous"), r"timestep_type='continuous'"),
+    (lambda: diffusers.SASolverScheduler(tau_func=lambda t: 0), r"tau_func=.* is not supported; valid: None"),
+    (lambda: diffusers.DPMSolverMultistepScheduler(use_lu_lambdas=True), r"use_lu_lambdas=True"),
+    (lambda: diffusers.DPMSolverMultistepScheduler(solver_type="heun"), r"valid lower_order_final: False"),
+    (lambda: diffusers.UniPCMultistepScheduler(disable_corrector=[0]), r"disable_corrector=\[0\]"),
+    (lambda: {"_class_name": "NoSuchScheduler"}, r"'NoSuchScheduler' has no nfebench sampler .*valid: DDIMScheduler"),
+    (lambda: {"timestep_spacing": "leading"}, r"needs '_class_name'"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(), r"FlowMatchEulerDiscreteScheduler' has no nfebench sampler"),
+])
+def test_unsupported_values_are_refused_by_name(scheduler, message):
+    with pytest.raises(ValueError, match=message):
+        solvers.from_diffusers(scheduler())
+
+
+def test_step_arguments():
+    assert solvers.from_diffusers(diffusers.DDIMScheduler(clip_sample=False), eta=0.5)[1]["eta"] == 0.5
+    assert solvers.from_diffusers(diffusers.TCDScheduler(), eta=0.1) == ("tcd", {"gamma": 0.1})
+    with pytest.raises(ValueError, match=r"step\(\) argument\(s\) \['gamma'\] are not mapped; valid: eta"):
+        solvers.from_diffusers(diffusers.DDIMScheduler(clip_sample=False), gamma=0.5)
+
+
+def test_config_dict_and_instance_agree():
+    scheduler = diffusers.UniPCMultistepScheduler(solver_order=3, timestep_spacing="trailing")
+    assert solvers.from_diffusers(scheduler) == solvers.from_diffusers(dict(scheduler.config,
+                                                                          _class_name="UniPCMultistepScheduler"))
+
+
+def test_start_noise_options():
+    from score_models import zoo
+
+    model = zoo.load("gmm:ring8", schedule="ddpm_linear")
+    noise = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t0 = model.schedule.t_max
+    sigma = float(model.schedule.sigma(t0))
+    for start, scale in (("prior", 1.0), ("sigma", sigma), ("unit_data", 1.0)):
+        assert solvers.sampling.start_scale(model, t0, start) == pytest.approx(scale, rel=1e-15)
+    edm = zoo.load("gmm:ring8", schedule="edm")
+    assert solvers.sampling.start_scale(edm, 80.0, "unit_data") == pytest.approx(math.hypot(1.0, 80.0), rel=1e-15)
+    with pytest.raises(ValueError, match=r"start_noise='x'.*valid: 'prior', 'sigma', 'unit_data'"):
+        solvers.sample("euler", model, noise, nfe=3, start_noise="x")
+
+
+def test_drop_last_timestep_grid():
+    from score_models.schedules import DiscreteVP
+
+    sched = DiscreteVP.linear()
+    for spacing in ("linspace", "leading"):
+        scheduler = diffusers.DPMSolverMultistepScheduler(timestep_spacing=spacing)
+        scheduler.set_timesteps(9)
+        grid = solvers.time_grid(sched, 9, None, spacing=spacing, drop_last_timestep=True)
+        assert grid[:-1].tolist() == [float(t) for t in scheduler.timesteps]
+        assert float(grid[-1]) == sched.t_data
+    with pytest.raises(ValueError, match="drop_last_timestep=True applies to a spacing="):
+        solvers.time_grid(sched, 5, "uniform", drop_last_timestep=True)
+
+
+def test_edm_final_sigma_min_is_flagged():
+    # diffusers' karras sigmas already end at sigma_min: its last step is zero-length and still calls the network
+    scheduler = diffusers.EDMDPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
+    assert "zero-length" in solvers.exact_in_diffusers(scheduler, 10)
+    assert solvers.exact_in_diffusers(diffusers.EDMDPMSolverMultistepScheduler(), 10) is None
