@@ -150,6 +150,15 @@ class DiffusionModel:
         """The n_steps + 1 times this model must be sampled on, if it fixes them (None: any grid)."""
         return None
 
+    @classmethod
+    def from_denoiser(cls, fn: Callable[..., torch.Tensor], sigma_min: float, sigma_max: float,
+                      sigma_data: float = 0.5, sample_shape: Tuple[int, ...] | None = None) -> "DiffusionModel":
+        """Wrap a denoiser D(x, sigma) (k-diffusion's / EDM's interface) as an EDM-schedule
+        x0-prediction model (see :func:`score_models.denoiser.from_denoiser`)."""
+        from .denoiser import from_denoiser
+
+        return from_denoiser(fn, sigma_min, sigma_max, sigma_data=sigma_data, sample_shape=sample_shape)
+
     # --- counting ------------------------------------------------------------------------
     @property
     def nfe(self) -> int:

@@ -15,8 +15,9 @@ from .registry import GRID_OPTIONS, Alias, SamplerSpec, aliases, available, get,
 from .sampling import MAX_NFE, sample
 from .optimized_grids import optimize_grid
 from .diffusers_mapping import exact_in_diffusers, from_diffusers
+from .kdiffusion_interface import as_kdiffusion
 
 __all__ = [
     "sample", "available", "aliases", "get", "register", "Alias", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
-    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid", "from_diffusers", "exact_in_diffusers",
+    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid", "from_diffusers", "exact_in_diffusers", "as_kdiffusion",
 ]
