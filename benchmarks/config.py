@@ -21,6 +21,8 @@ else:  # pragma: no cover - Python 3.10
 import solvers
 from score_models import zoo
 
+from .grid_spec import check_optimizer_settings, check_special_grids, options_without_special_grid
+
 __all__ = ["ConfigError", "ModelSpec", "SeriesSpec", "SweepConfig", "load_config", "parse_config", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = "default.toml"
@@ -81,12 +83,14 @@ class SweepConfig:
     save_samples: bool = False
     #: torch.compile each model's network (static shapes, compiled at the untimed forward probe)
     compile: bool = False
+    #: settings of the grid optimisers for grid = "optimized:<method>" (benchmarks/grid_spec.py)
+    grid_optimizer: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
 
-_RUN_KEYS = {"name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
+_RUN_KEYS = {"grid_optimizer", "name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
              "save_samples", "compile"}
 _TOP_KEYS = {"run", "models", "samplers"}
 _MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference", "nfe"}
@@ -243,7 +247,7 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         for grid in grids or [None]:
             these = options if grid is None else {**options, "grid": grid}
             try:
-                spec.check_options(these, tensor_grid_allowed=False)
+                spec.check_options(options_without_special_grid(these), tensor_grid_allowed=False)
             except ValueError as e:
                 raise ConfigError(f"{where}: {e}") from None
             label = s.get("label", "")
@@ -265,7 +269,12 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         if not isinstance(run.get(flag, False), bool):
             raise ConfigError(f"[run] {flag} must be true or false, got {run[flag]!r}")
     name = check_name(run["name"], "[run] name") if "name" in run else Path(source).stem
-    return SweepConfig(name=name, models=models, samplers=series, nfe=nfe,
+    try:
+        grid_optimizer = check_optimizer_settings(run.get("grid_optimizer", {}))
+        check_special_grids(models, series, nfe)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return SweepConfig(name=name, models=models, samplers=series, nfe=nfe, grid_optimizer=grid_optimizer,
                        seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,
                        metrics=list(metrics), reference=dict(reference),
                        save_samples=run.get("save_samples", False), compile=run.get("compile", False))

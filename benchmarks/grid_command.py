@@ -84,14 +84,13 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    """Register ``nfebench grid`` on the CLI's subparsers."""
-    from solvers.optimized_grids import METHODS
-
+    """Register ``nfebench grid`` on the CLI's subparsers (importing nothing heavy: every command
+    builds this parser)."""
     grid = sub.add_parser("grid", help="an optimised time grid for a model, sampler and NFE (JSON)")
     grid.add_argument("model", help="a model name (nfebench list), e.g. gmm:ring8 or toy2d-moons")
     grid.add_argument("--sampler", required=True)
     grid.add_argument("--nfe", required=True, type=int)
-    grid.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    grid.add_argument("--method", required=True, help="gits, ays, dp or exact (solvers.optimized_grids.METHODS; checked before anything runs)")
     grid.add_argument("--schedule", help="schedule of a gmm: or python: model (default vp_linear)")
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--option", action="append", metavar="KEY=VALUE", help="a sampler option (repeatable)")

@@ -166,3 +166,83 @@ def test_cli_grid_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args):
     assert main(["grid", *args, "--out", str(out)]) == 2
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err.startswith("nfebench: error:")
+
+
+def sweep_config(tmp_path, grid, model="gmm:ring8", sampler="euler", nfe="[3]"):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f"""
+[run]
+name = "grids"
+nfe = {nfe}
+n_samples = 16
+metrics = ["solver_error"]
+grid_optimizer = {{ n_samples = 8, fine_steps = 8, max_evaluations = 20, sweeps = 1 }}
+reference = {{ cache_dir = "{tmp_path / 'cache'}" }}
+[[models]]
+name = "{model}"
+[[samplers]]
+sampler = "{sampler}"
+options = {{ grid = "{grid}" }}
+""")
+    return cfg
+
+
+def test_sweep_runs_optimized_and_file_grids_and_reports_the_cost(tmp_path):
+    import pandas as pd
+
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    given = solvers.time_grid(model.schedule, 3, "logsnr")
+    (tmp_path / "g.json").write_text(json.dumps({"times": given.tolist()}))
+    cfg = sweep_config(tmp_path, "optimized:gits")
+    cfg.write_text(cfg.read_text() + f"""
+[[samplers]]
+sampler = "euler"
+label = "euler-file"
+options = {{ grid = "file:{tmp_path / 'g.json'}" }}
+""")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    grids = json.loads((tmp_path / "a" / "metadata.json").read_text())["optimized_grids"]
+    assert len(grids) == 1 and not grids[0]["cached"] and grids[0]["cost"]["optimizer_nfe"] > 0
+    # the cached grid is what optimize_grid gives for the same settings
+    expected = solvers.optimize_grid(model, "euler", 3, "gits", settings={"n_samples": 8, "fine_steps": 8})
+    assert grids[0]["times"] == expected.tolist()
+    rows = pd.read_csv(tmp_path / "a" / "results.csv").set_index("series")
+    assert set(rows["status"]) == {"ok"} and set(rows["nfe"]) == {3}
+    # the file grid's row is the error of that very grid: re-measured with solvers.sample
+    from benchmarks.sweep.cells import batch_generator
+
+    noise = torch.randn(16, 2, generator=batch_generator(0, 0, 0))
+    x = solvers.sample("euler", model, noise, grid=given).double()
+    truth = model.exact_ode_solution(model.schedule.prior_std * noise.double(), rtol=1e-9, atol=1e-9)
+    assert math.isclose(rows.loc["euler-file", "solver_error"], float((x - truth).pow(2).mean().sqrt()), rel_tol=1e-4)
+
+
+@pytest.mark.slow
+def test_sweep_reuses_the_cached_grid(tmp_path):
+    cfg = sweep_config(tmp_path, "optimized:gits")
+    for run in ("a", "b"):
+        assert main(["run", str(cfg), "--out", str(tmp_path / run), "--quiet"]) == 0
+    first, second = (json.loads((tmp_path / r / "metadata.json").read_text())["optimized_grids"] for r in "ab")
+    assert [g["cached"] for g in first + second] == [False, True]
+    assert first[0]["times"] == second[0]["times"]
+
+
+@pytest.mark.parametrize("grid, model, sampler, nfe, match", [
+    ("optimized:best", "gmm:ring8", "euler", "[3]", "unknown method 'best'"),
+    ("optimized:exact", "toy2d-moons", "euler", "[3]", "needs a model whose exact PF-ODE solution is known"),
+    ("optimized:gits", "gmm:ring8", "edict", "[1, 4]", "needs nfe >= 2"),
+    ("file:{tmp}/up.json", "gmm:ring8", "euler", "[3]", "from high noise to low noise"),
+    ("file:{tmp}/out.json", "gmm:ring8", "euler", "[3]", "outside"),
+    ("file:{tmp}/long.json", "gmm:ring8", "euler", "[2]", "needs 3 NFE, more than the budget nfe=2"),
+    ("file:{tmp}/missing.json", "gmm:ring8", "euler", "[3]", "does not exist"),
+])
+def test_sweep_bad_grid_exits_2_and_writes_nothing(tmp_path, capsys, grid, model, sampler, nfe, match):
+    (tmp_path / "up.json").write_text(json.dumps([0.1, 0.5, 1.0, 0.0]))
+    (tmp_path / "out.json").write_text(json.dumps([5.0, 0.5, 0.1, 0.0]))
+    (tmp_path / "long.json").write_text(json.dumps([1.0, 0.5, 0.1, 0.0]))
+    cfg = sweep_config(tmp_path, grid.format(tmp=tmp_path), model, sampler, nfe)
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nfebench: error:") and match in err, err
+    assert not out.exists() and not (tmp_path / "cache").exists()

@@ -23,6 +23,7 @@ from ..rundir import RunDirectory
 from ..timing import resolve_device
 from .cells import Cell, all_batches, batch_generator, expand_cells, runs_on
 from .execute import RunContext, compile_network, load_model, run_cell
+from .optimized_grids import optimized_grid_metadata
 
 __all__ = ["run_sweep", "expand_cells", "runs_on", "run_cell", "compile_network", "Cell", "batch_generator",
            "all_batches"]
@@ -68,7 +69,7 @@ def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, prog
     columns += [c for c in dict.fromkeys(k for r in rows for k in r) if c not in columns]
     done = None
     if dist.rank == 0:
-        write_atomic(out_dir / "metadata.json", json.dumps(metadata(cfg, device, skipped, dist.world), indent=2) + "\n")
+        write_atomic(out_dir / "metadata.json", json.dumps({**metadata(cfg, device, skipped, dist.world), **optimized_grid_metadata(ctx, cells)}, indent=2) + "\n")
         done = {_row_key(r) for r in rows}
     done = dist.broadcast(done)
 

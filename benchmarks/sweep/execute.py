@@ -35,6 +35,7 @@ from ..metrics import METRICS, CellInfo
 from ..results import ResultRow, safe_file_name, write_bytes_atomic
 from ..timing import PeakMemory, Stopwatch, median_seconds
 from .cells import Cell, all_batches, batch_generator
+from .optimized_grids import series_options
 
 __all__ = ["RunContext", "BatchResult", "run_cell", "compile_network", "load_model"]
 
@@ -118,7 +119,7 @@ def _sample_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int
     noise = noise.to(device=ctx.device, dtype=ctx.dtype)
     stats: Dict[str, Any] = {}
     out = solvers.sample(cell.series.sampler, model, noise, nfe=cell.nfe_budget,
-                         generator=batch_generator(cell.seed, index, 1), stats=stats, **cell.series.options)
+                         generator=batch_generator(cell.seed, index, 1), stats=stats, **series_options(ctx, model, cell))
     return noise, out, stats
 
 
