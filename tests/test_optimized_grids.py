@@ -54,7 +54,7 @@ def test_dp_recovers_the_optimal_euler_grid_of_a_single_gaussian(nfe):
     problem, sig = fine_sigmas(model, "euler", nfe, 7)
     best = min(all_paths(len(sig), nfe), key=lambda p: abs(
         math.prod(euler_factor(sig[a], sig[b]) for a, b in zip(p[:-1], p[1:])) - true_factor(sig[0], 0.0)))
-    times = solvers.optimize_grid(model, "euler", nfe, "dp", settings={"fine_steps": 7, "n_samples": 8})
+    times = solvers.optimize_grid(model, "euler", nfe, "dp", settings={"teacher_steps": 7, "n_samples": 8})
     assert times.tolist() == [sig[i] for i in best]
 
 
@@ -113,7 +113,7 @@ def test_ays_interpolation_reproduces_the_published_schedule(name):
 def test_ays_grid_is_decreasing_and_interpolated_from_its_base():
     model = zoo.load("gmm:ring8", schedule="vp_linear")
     stats = {}
-    times = solvers.optimize_grid(model, "euler", 5, "ays", settings={"n_samples": 16, "sweeps": 1}, stats=stats)
+    times = solvers.optimize_grid(model, "euler", 5, "ays", settings={"n_data": 16, "sweeps": 1}, stats=stats)
     sig = model.schedule.sigma_tilde(times[:-1]).numpy()
     np.testing.assert_allclose(sig, loglinear_interp(stats["base_levels"], 5), rtol=1e-9)
     assert times[-1] == model.schedule.t_data

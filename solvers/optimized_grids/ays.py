@@ -12,6 +12,7 @@ its published schedules are used with, e.g. ComfyUI's AlignYourStepsScheduler)."
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 
 from ..grids import time_grid
-from .problem import GridProblem
+from .problem import GridProblem, Ledger
 
 __all__ = ["ays_grid", "loglinear_interp", "klub_schedule", "PUBLISHED_SCHEDULES"]
 
@@ -75,12 +76,12 @@ class _KLUB:
         return float((s_hi - s_lo) * (sq / u**3).mean())
 
 
-def klub_schedule(problem: GridProblem, n_steps: int = 10, *, seed: int = 0, n_samples: int = 128,
+def klub_schedule(problem: GridProblem, n_steps: int = 10, *, seed: int = 0, n_data: int = 128,
                   sweeps: int = 3, iterations: int = 12) -> np.ndarray:
     """The n_steps + 1 AYS noise levels from sigma_max to sigma_min: start from the EDM rho = 7
     levels, then ``sweeps`` passes of golden-section search (``iterations`` each) on every
     interior level in log sigma between its neighbours, minimising the KLUB of its two intervals
-    (the paper's iterative scheme; the expectation over ``n_samples`` data samples, seeded)."""
+    (the paper's iterative scheme; the expectation over ``n_data`` data samples, seeded)."""
     model: DiffusionModel = problem.model
     sample_data = getattr(model, "sample_data", None)
     if not callable(sample_data):
@@ -88,9 +89,9 @@ def klub_schedule(problem: GridProblem, n_steps: int = 10, *, seed: int = 0, n_s
                          f"has none; valid here: gits, dp" + (", exact" if hasattr(model, "exact_ode_solution") else ""))
     sched = problem.schedule
     g = problem.generator(seed, 1)
-    data = sample_data(n_samples, generator=g, dtype=torch.float64).cpu()
+    data = sample_data(n_data, generator=g, dtype=torch.float64).cpu()
     eps = torch.randn(data.shape, generator=g, dtype=torch.float64)
-    u = torch.rand(n_steps, n_samples, generator=g, dtype=torch.float64)
+    u = torch.rand(n_steps, n_data, generator=g, dtype=torch.float64)
     klub = _KLUB(problem, data, eps, u)
     levels = sched.sigma_tilde(time_grid(sched, n_steps, "edm", to_zero=False)).numpy().copy()
     golden = (math.sqrt(5) - 1) / 2
@@ -118,16 +119,29 @@ def klub_schedule(problem: GridProblem, n_steps: int = 10, *, seed: int = 0, n_s
     return levels
 
 
-def ays_grid(problem: GridProblem, *, seed: int = 0, n_samples: int = 128, base_steps: int = 10, sweeps: int = 3
+#: The base schedule depends on the model alone, not on the sampler or the step count: it is
+#: computed once per model and settings in a process (weakly keyed: it goes with the model).
+_BASE_SCHEDULES: "weakref.WeakKeyDictionary[DiffusionModel, dict]" = weakref.WeakKeyDictionary()
+
+
+def ays_grid(problem: GridProblem, *, seed: int = 0, n_data: int = 128, base_steps: int = 10, sweeps: int = 3
              ) -> tuple[torch.Tensor, Dict[str, Any]]:
     """The AYS grid of the sampler's step count: the KLUB-optimised ``base_steps`` schedule
     (:func:`klub_schedule`), log-linearly interpolated to n_steps levels (sigma_max ... the
-    smallest kept), then sigma = 0: the convention of the published schedules' n-step use."""
-    sched = problem.schedule
-    base = klub_schedule(problem, base_steps, seed=seed, n_samples=n_samples, sweeps=sweeps)
+    smallest kept), then sigma = 0: the convention of the published schedules' n-step use.
+    The base is shared by every sampler and budget on the same model (``base_cost`` is what it
+    cost the first time; a later call spends nothing on it)."""
+    sched, model = problem.schedule, problem.model
+    key = (seed, n_data, base_steps, sweeps)
+    memo = _BASE_SCHEDULES.setdefault(model, {})
+    if key not in memo:
+        ledger = Ledger(model)
+        memo[key] = (klub_schedule(problem, base_steps, seed=seed, n_data=n_data, sweeps=sweeps), ledger.cost())
+    base, base_cost = memo[key]
     n = problem.n_steps
     levels = loglinear_interp(base, n) if n >= 2 else base[:1]
     times = sched.t_from_sigma_tilde(torch.tensor(levels, dtype=torch.float64)).clamp(sched.t_min, sched.t_max)
     times[0] = sched.t_max
     times = torch.cat([times, torch.tensor([sched.t_data], dtype=torch.float64)])
-    return times, {"base_steps": base_steps, "n_samples": n_samples, "base_levels": [float(v) for v in base]}
+    return times, {"base_steps": base_steps, "n_data": n_data, "base_levels": [float(v) for v in base],
+                   "base_nfe": base_cost["optimizer_nfe"], "base_seconds": base_cost["optimizer_seconds"]}

@@ -16,16 +16,16 @@ from .problem import GridProblem, fine_grid, run_sampler, teacher_trajectory
 __all__ = ["dp_grid"]
 
 
-def dp_grid(problem: GridProblem, *, seed: int = 0, n_samples: int = 32, fine_steps: int = 24,
+def dp_grid(problem: GridProblem, *, seed: int = 0, n_samples: int = 32, teacher_steps: int = 24,
             teacher_substeps: int = 4) -> tuple[torch.Tensor, Dict[str, Any]]:
-    """Pei et al.'s dynamic programme over the EDM rho = 7 grid of ``fine_steps`` steps with
+    """Pei et al.'s dynamic programme over the EDM rho = 7 grid of ``teacher_steps`` steps with
     ``n_samples`` seeded teacher trajectories; the cost is the mean squared distance to the
     teacher over the batch (their per-sample search, averaged so that one grid serves all).
 
     The student step from node (k-1, i) to fine time j runs the sampler on the node's whole path
     plus t_j from x_T, so multistep samplers keep their history and every step is the one the
     sampler takes (Pei et al. use the solver's own update; the cost is k steps per candidate)."""
-    times = fine_grid(problem, fine_steps)
+    times = fine_grid(problem, teacher_steps)
     x_T = problem.x_T(problem.noise(n_samples, seed))
     teacher = teacher_trajectory(problem, x_T, times, teacher_substeps)
     m, n = times.numel(), problem.n_steps
@@ -52,4 +52,4 @@ def dp_grid(problem: GridProblem, *, seed: int = 0, n_samples: int = 32, fine_st
         paths, best = new_paths, new_best
     if last not in paths:
         raise RuntimeError("optimal-stepsize DP found no finite path (the sampler diverged on every candidate)")
-    return times[paths[last]], {"fine_steps": fine_steps, "n_samples": n_samples, "teacher_mse": best[last]}
+    return times[paths[last]], {"teacher_steps": teacher_steps, "n_samples": n_samples, "teacher_mse": best[last]}
