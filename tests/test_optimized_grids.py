@@ -246,3 +246,17 @@ def test_sweep_bad_grid_exits_2_and_writes_nothing(tmp_path, capsys, grid, model
     err = capsys.readouterr().err
     assert err.startswith("nfebench: error:") and match in err, err
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_grid_tables_share_of_the_exact_gain():
+    import pandas as pd
+
+    from benchmarks.grid_tables import _grid_of, _sampler_of, _shares
+
+    assert _grid_of("dpm_solver++(2M)[optimized:gits]") == "gits" and _grid_of("euler(grid=edm)") == "edm"
+    assert _sampler_of("dpm_solver++(2M)[optimized:gits]") == "dpm_solver++(2M)"
+    # EDM error 4, exact 2: a method at 3 recovers half the gain, one at 5 is worse than EDM (-0.5)
+    rows = [("m", "euler", g, 5, v) for g, v in (("edm", 4.0), ("exact", 2.0), ("gits", 3.0), ("ays", 5.0), ("dp", 2.0))]
+    df = pd.DataFrame(rows, columns=["model", "sampler_label", "grid", "nfe_budget", "value"])
+    share = _shares(df).iloc[0]
+    assert (share["gits"], share["ays"], share["dp"]) == ("0.5", "-0.5", "1")

@@ -12,15 +12,11 @@ import torch
 from score_models.parameterization import DiffusionModel
 
 from ..grids import time_grid
-from ..registry import SamplerSpec, get
+from ..registry import GRID_OPTIONS, SamplerSpec, get
 from ..sampling import check_budget
 
 __all__ = ["GridProblem", "Ledger", "make_problem", "fine_grid", "teacher_trajectory", "run_sampler",
            "endpoint_rmse", "has_exact_solution"]
-
-#: Sampler options that would build the grid; an optimised grid replaces all of them.
-_GRID_KEYS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset", "discard_penultimate",
-              "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold")
 
 
 def has_exact_solution(model: DiffusionModel) -> bool:
@@ -106,7 +102,7 @@ def make_problem(model: DiffusionModel, sampler: str, nfe: Any, options: Optiona
                          f"{sampler} on {model!r} runs on the model's own grid")
     if spec.adaptive or "grid" not in spec.grid_options:
         raise ValueError(f"{sampler} chooses its own steps; an optimised grid needs a fixed-step sampler that takes grid=")
-    grid_keys = sorted(set(options) & set(_GRID_KEYS))
+    grid_keys = sorted(set(options) & set(GRID_OPTIONS))  # an optimised grid replaces them all
     if grid_keys:
         raise ValueError(f"an optimised grid fixes the times; drop the grid option(s) {grid_keys} "
                          f"(valid sampler options: {', '.join(spec.defaults) or 'none'})")
