@@ -65,7 +65,11 @@ class ClassifierFreeGuidance(DiffusionModel):
 
     def raw(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
         out = super().raw(x, t, **cond)
-        self._counter.passes += 1  # super() counted one pass; the null branch is the second
+        # super() counted the conditional pass; the null branch is the second, and unbatched it
+        # is a second network call made after the first.
+        self._counter.passes += self._counter.stacked
+        if not self.batched:
+            self._counter.depth += 1
         return out
 
     def to(self, device) -> "ClassifierFreeGuidance":

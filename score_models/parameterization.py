@@ -17,8 +17,9 @@ are exact for any alpha, sigma (v uses alpha^2 + sigma^2, so it works off VP sch
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import torch
 
@@ -92,13 +93,16 @@ def combine(prediction: str, x0: torch.Tensor, eps: torch.Tensor, c: Coefficient
 
 
 class _Counter:
-    """Shared between a model and its conditioned views, so all network calls add up."""
+    """Shared between a model and its conditioned views, so all network calls add up. ``stacked``:
+    how many evaluations the current network call holds (see DiffusionModel.stacked)."""
 
-    __slots__ = ("nfe", "passes")
+    __slots__ = ("nfe", "passes", "depth", "stacked")
 
     def __init__(self) -> None:
         self.nfe = 0
         self.passes = 0
+        self.depth = 0
+        self.stacked = 1
 
 
 class DiffusionModel:
@@ -146,10 +150,6 @@ class DiffusionModel:
         self._coefficient_cache: dict = {}
         self._time_input_cache: dict = {}
 
-    def own_grid(self, n_steps: int) -> torch.Tensor | None:
-        """The n_steps + 1 times this model must be sampled on, if it fixes them (None: any grid)."""
-        return None
-
     @classmethod
     def from_denoiser(cls, fn: Callable[..., torch.Tensor], sigma_min: float, sigma_max: float,
                       sigma_data: float = 0.5, sample_shape: Tuple[int, ...] | None = None) -> "DiffusionModel":
@@ -158,6 +158,10 @@ class DiffusionModel:
         from .denoiser import from_denoiser
 
         return from_denoiser(fn, sigma_min, sigma_max, sigma_data=sigma_data, sample_shape=sample_shape)
+
+    def own_grid(self, n_steps: int) -> torch.Tensor | None:
+        """The n_steps + 1 times this model must be sampled on, if it fixes them (None: any grid)."""
+        return None
 
     # --- counting ------------------------------------------------------------------------
     @property
@@ -171,9 +175,29 @@ class DiffusionModel:
         except for wrappers such as classifier-free guidance, which costs 2 per evaluation)."""
         return self._counter.passes
 
+    @property
+    def sequential_depth(self) -> int:
+        """Network calls made one after another: ``nfe`` for a sampler that evaluates one state
+        at a time, fewer where evaluations are stacked into one call (:meth:`stacked`)."""
+        return self._counter.depth
+
+    @contextlib.contextmanager
+    def stacked(self, evaluations: int) -> Iterator[None]:
+        """Count each network call inside as ``evaluations`` evaluations (and passes) made at
+        once: for a sampler that stacks that many states, each a batch of its own, into one call
+        (ParaDiGMS evaluates a window of steps in parallel). Depth still grows by one per call."""
+        if not isinstance(evaluations, int) or evaluations < 1:
+            raise ValueError(f"stacked evaluations must be a whole number >= 1, got {evaluations!r}")
+        previous, self._counter.stacked = self._counter.stacked, evaluations
+        try:
+            yield
+        finally:
+            self._counter.stacked = previous
+
     def reset_nfe(self) -> None:
         self._counter.nfe = 0
         self._counter.passes = 0
+        self._counter.depth = 0
 
     def to(self, device: torch.device | str) -> "DiffusionModel":
         """Move the network (if it is a torch Module) to ``device``; returns self."""
@@ -229,8 +253,9 @@ class DiffusionModel:
     def raw(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> torch.Tensor:
         """The network's own output at (x, t); counts one NFE."""
         t_net = self._time_input(t, x)
-        self._counter.nfe += 1
-        self._counter.passes += 1
+        self._counter.nfe += self._counter.stacked
+        self._counter.passes += self._counter.stacked
+        self._counter.depth += 1
         return self.net(x, t_net, **{**self._bound, **cond})
 
     def _output(self, x: torch.Tensor, t: TimeLike, **cond: Any) -> Tuple[torch.Tensor, torch.Tensor | None]:

@@ -63,6 +63,9 @@ class SamplerSpec:
       (counted NFE and, for deterministic ones, the fitted order).
     - ``exclusive``: the sampler runs only on models that name it in their ``native_samplers``
       (few-step students); sweeps pair them accordingly.
+    - ``steps_option``: for a sampler whose evaluations are not a rule of the step count (NFE
+      None) but which runs on a full grid, the option that gives the number of steps (ParaDiGMS's
+      ``steps``); the grid is built from it and the grid options, and ``nfe`` is a cap.
     """
 
     name: str
@@ -87,6 +90,7 @@ class SamplerSpec:
     aliases: Tuple[Alias, ...] = ()
     alias_of: Optional[str] = None  # set on an alias's spec: the sampler it runs
     fixed: Dict[str, Any] = field(default_factory=dict)  # the options an alias sets
+    steps_option: Optional[str] = None
 
     @property
     def adaptive(self) -> bool:
@@ -179,7 +183,7 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
              stochastic_if: RuleLike = None, variants: Tuple[Dict[str, Any], ...] = (),
              exclusive: bool = False, checks: Optional[Dict[str, Check]] = None,
              requires: Optional[Dict[str, str]] = None, known_as: Optional[Dict[str, str]] = None,
-             aliases: Tuple[Alias, ...] = ()) -> Callable:
+             aliases: Tuple[Alias, ...] = (), steps_option: Optional[str] = None) -> Callable:
     """Decorator declaring a sampler ``fn(model, x_T, times, *, <options>, generator=None)``.
 
     ``nfe``: rule text in N (steps), to_zero and the options, e.g. ``"2*N - 1 if to_zero else
@@ -215,6 +219,9 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
             raise TypeError(f"{fn.__name__}: options {sorted(clash)} clash with grid options")
         if nfe is None and "max_nfe" not in params:
             raise TypeError(f"adaptive sampler {name!r} must accept max_nfe=")
+        if steps_option is not None and (nfe is not None or type(defaults.get(steps_option)) is not int):
+            raise TypeError(f"{name}: steps_option {steps_option!r} must name an int option of a sampler whose NFE "
+                            f"is counted (nfe=None)")
         if not (fn.__doc__ or "").strip():
             raise TypeError(f"{fn.__name__} needs a docstring (its first sentence is the sampler's summary)")
         for variant in variants:
@@ -232,7 +239,7 @@ def register(name: str, *, order: RuleLike, stochastic: bool, nfe: RuleLike, pap
             reports_stats="stats" in params, exclusive=exclusive, checks=dict(checks or {}),
             requires=tuple((Rule(text, defaults, f"{name} requirement"), message)
                            for text, message in (requires or {}).items()),
-            known_as=_check_known_as(name, known_as or {}), aliases=tuple(aliases))
+            known_as=_check_known_as(name, known_as or {}), aliases=tuple(aliases), steps_option=steps_option)
         for options in ({},) + spec.variants + tuple(a.options for a in spec.aliases):
             spec.check_options(options)  # the defaults, every variant and every alias are valid options
         if not spec.adaptive:

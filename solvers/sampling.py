@@ -71,6 +71,11 @@ def plan_times(spec: SamplerSpec, model: DiffusionModel, nfe: Optional[int], opt
     grid_kw.pop("start_noise", None)
     ends_at_data = bool(grid_kw.pop("to_zero", True))
     grid = grid_kw.pop("grid", None if "spacing" in grid_kw else spec.default_grid)
+    if spec.steps_option is not None:
+        # The step count is an option (the budget is a cap on the evaluations the sampler counts).
+        n_steps = int(options.get(spec.steps_option, spec.defaults[spec.steps_option]))
+        times = time_grid(sched, n_steps, grid, to_zero=ends_at_data, **grid_kw)
+        return times, times.numel() - 1
     if spec.adaptive:
         # An adaptive solver integrates from t_max to t_min (then denoises if the grid ends at 0).
         return time_grid(sched, 2 if ends_at_data else 1, "uniform", to_zero=ends_at_data, **grid_kw), None
@@ -87,11 +92,6 @@ def plan_times(spec: SamplerSpec, model: DiffusionModel, nfe: Optional[int], opt
         times = time_grid(sched, n_steps, grid, to_zero=ends_at_data, **grid_kw)
     return times, times.numel() - 1  # a discrete spacing may merge a duplicate final timestep
 
-
-def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[int] = None,
-           generator: Optional[torch.Generator] = None, stats: Optional[dict] = None,
-           **options: Any) -> torch.Tensor:
-    """Draw samples with a registered sampler from standard-normal ``noise``.
 
 def start_scale(model: DiffusionModel, t_start: float, start_noise: str = "prior") -> float:
     """The scale of x_T = scale * noise (the ``start_noise`` grid option):
@@ -113,12 +113,18 @@ def start_scale(model: DiffusionModel, t_start: float, start_noise: str = "prior
     return sched.prior_std_at(t_start)
 
 
+def sample(name: str, model: DiffusionModel, noise: torch.Tensor, nfe: Optional[int] = None,
+           generator: Optional[torch.Generator] = None, stats: Optional[dict] = None,
+           **options: Any) -> torch.Tensor:
+    """Draw samples with a registered sampler from standard-normal ``noise``.
+
     Starts at x_T = schedule.prior_std_at(t_start) * noise (= prior_std at the default t_max) and
     makes at most ``nfe`` network evaluations (exactly the registered rule's count for fixed-step
     samplers; a cap for adaptive ones).
     ``grid`` may be a name or a tensor of times (then ``nfe`` may be None). ``stats``, if given,
-    is filled with the counted ``nfe``, ``n_steps``, ``network_passes`` and anything the sampler
-    reports.
+    is filled with the counted ``nfe``, ``n_steps``, ``network_passes``, ``sequential_depth`` (the
+    network calls that ran one after another: below ``nfe`` where a sampler stacks several
+    evaluations into one call) and anything the sampler reports.
     """
     spec = get(name)
     if spec.exclusive and (spec.alias_of or name) not in model.native_samplers:
@@ -128,19 +134,20 @@ def start_scale(model: DiffusionModel, t_start: float, start_noise: str = "prior
     options = spec.with_fixed(options)
     nfe = check_budget(nfe)
     check_noise(model, noise)
+    start_noise = spec.grid_settings(options, model).get("start_noise", "prior")
     times, n_steps = plan_times(spec, model, nfe, options)
     x_T = start_scale(model, float(times[0]), start_noise) * noise
     extra: Dict[str, Any] = {}
     if spec.adaptive:
         extra["max_nfe"] = nfe
     if spec.reports_stats:
-    start_noise = spec.grid_settings(options, model).get("start_noise", "prior")
         extra["stats"] = stats
-    start, start_passes = model.nfe, model.network_passes
+    start, start_passes, start_depth = model.nfe, model.network_passes, model.sequential_depth
     x = spec.fn(model, x_T, times, generator=generator, **extra, **options)
     counted = model.nfe - start
     if nfe is not None and counted > nfe:
         raise RuntimeError(f"{name} made {counted} network evaluations, over its budget of {nfe}: a sampler bug")
     if stats is not None:
-        stats.update(nfe=counted, n_steps=n_steps, network_passes=model.network_passes - start_passes)
+        stats.update(nfe=counted, n_steps=n_steps, network_passes=model.network_passes - start_passes,
+                     sequential_depth=model.sequential_depth - start_depth)
     return x

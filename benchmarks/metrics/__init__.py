@@ -15,13 +15,17 @@ samples) as it is produced and answers with named columns at the end of the cell
   2018) in the feature space of a torch-fidelity extractor ([run.reference] extractor, default
   ``inception-v3-compat``), computed by torch-fidelity's own metric functions. Reference
   statistics are cached on disk keyed by dataset, split, extractor and n.
+- ``straightness``: S(Z) of the model's probability-flow trajectories in rectified-flow
+  coordinates (Liu et al. 2022), per dimension; 0 for straight paths. A property of the model,
+  computed once per model.
 """
 from .base import METRICS, REFERENCE_SEED, CellInfo, Metric, register_metric
 from .distances import MMD, SlicedWasserstein, exact_data, mmd_rbf, sliced_wasserstein
 from .features import (CACHE_ENV, FID, INCEPTION_ENV, KID, cache_dir, frechet_distance, is_image_model,
                        make_extractor, to_uint8_images)
 from .solver_error import SolverError
+from .straightness import Straightness, straightness
 
 __all__ = ["METRICS", "CellInfo", "Metric", "register_metric", "sliced_wasserstein", "mmd_rbf", "to_uint8_images",
-           "frechet_distance", "make_extractor", "exact_data", "REFERENCE_SEED"]
+           "frechet_distance", "make_extractor", "exact_data", "REFERENCE_SEED", "straightness"]
 
