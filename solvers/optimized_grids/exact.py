@@ -23,6 +23,8 @@ from .problem import GridProblem, endpoint_rmse, has_exact_solution, run_sampler
 
 __all__ = ["exact_grid", "STARTING_GRIDS", "levels_to_times", "times_to_levels"]
 
+#: The smallest gap between neighbouring levels, as a fraction of log(sigma_max / sigma_min).
+_MIN_GAP = 1e-6
 #: The fixed grids the search may start from (the best on the optimiser's noise is used).
 STARTING_GRIDS = ("edm", "logsnr", "uniform")
 
@@ -35,7 +37,10 @@ def levels_to_times(problem: GridProblem, theta: np.ndarray) -> torch.Tensor:
     s_max, s_min = float(sched.sigma_tilde(sched.t_max)), float(sched.sigma_tilde(sched.t_min))
     logits = np.append(theta, 0.0)
     gaps = np.exp(logits - logits.max())
-    gaps = gaps / gaps.sum() * (math.log(s_max) - math.log(s_min))
+    span = math.log(s_max) - math.log(s_min)
+    # a floor under every gap keeps the levels strictly decreasing however far the search goes
+    floor = _MIN_GAP * span
+    gaps = floor + gaps / gaps.sum() * (span - floor * gaps.size)
     log_levels = math.log(s_max) - np.cumsum(gaps)[:-1]
     sigmas = torch.tensor(np.concatenate([[s_max], np.exp(log_levels)]), dtype=torch.float64)
     times = sched.t_from_sigma_tilde(sigmas).clamp(sched.t_min, sched.t_max)
@@ -67,7 +72,10 @@ def exact_grid(problem: GridProblem, *, seed: int = 0, n_samples: int = 128, max
     target = model.exact_ode_solution(x_T, t_start=sched.t_max, t_end=sched.t_data, rtol=1e-9, atol=1e-9)
 
     def error(times: torch.Tensor) -> float:
-        value = endpoint_rmse(run_sampler(problem, x_T, times), target)
+        try:
+            value = endpoint_rmse(run_sampler(problem, x_T, times), target)
+        except (ZeroDivisionError, OverflowError):  # a step size the sampler's arithmetic cannot take
+            return math.inf
         return value if math.isfinite(value) else math.inf
 
     starts = {name: time_grid(sched, problem.n_steps, name) for name in STARTING_GRIDS}
