@@ -69,7 +69,12 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False) if len(df) else "(none)"
+    """A GitHub table of the frame's cells as text (missing cells '-')."""
+    if not len(df):
+        return "(none)"
+    cells = [[("-" if isinstance(v, float) and math.isnan(v) else str(v)) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def _quality_table(df: pd.DataFrame, model: str, metric: str) -> str:
