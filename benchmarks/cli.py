@@ -15,15 +15,20 @@ __all__ = ["main"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .report import markdown_report, write_plots
-    from .results import write_atomic
-    from .sweep import run_sweep
+    start = time.perf_counter()
+    from .budget import BUDGET, phase
 
-    cfg = load_config(args.config)
+    BUDGET.reset()
+    with phase("startup"):
+        from .config import load_config
+        from .report import markdown_report
+        from .results import write_atomic
+        from .sweep import run_sweep
+
+        cfg = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     progress = not args.quiet and sys.stderr.isatty()
-    start = time.perf_counter()
+
     def write_report(df, title: str) -> str:
         meta = json.loads((out / "metadata.json").read_text())
         report = markdown_report(df, title=title, protocol=meta["protocol"])
@@ -31,7 +36,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return report
 
     try:
-        df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend)
+        df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend,
+                       jobs=args.jobs)
     except KeyboardInterrupt:
         # Every finished row is already in results.csv; report those and stop with 128 + SIGINT.
         csv = out / "results.csv"
@@ -45,12 +51,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             print("nfebench: interrupted before any cell finished", file=sys.stderr)
         return 130
-    report = write_report(df, f"nfebench: {cfg.name}")
-    plots = write_plots(df, out)
+    from .run_outputs import write_run_outputs
+
+    with phase("report"):
+        report = write_report(df, f"nfebench: {cfg.name}")
+    written = write_run_outputs(out, df, start, html=not args.no_html)
     if not args.quiet:
         print(report)
         print(f"{len(df)} cells in {time.perf_counter() - start:.1f} s -> {out}/results.csv, results.md, "
-              f"metadata.json, {len(plots)} plots")
+              f"metadata.json, {written}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import write_html_report
+
+    print(write_html_report(Path(args.run_dir), Path(args.out) if args.out else None))
     return 0
 
 
@@ -140,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--extend", action="store_true",
                      help="resume a run directory written by another config, adding this config's cells")
     run.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+    run.add_argument("--jobs", type=int, default=1, metavar="K",
+                     help="run independent cells in K worker processes (rows identical to one process; default 1)")
+    run.add_argument("--no-html", action="store_true", help="skip report.html (plots and sample grids are still written)")
     run.set_defaults(func=_cmd_run)
     lst = sub.add_parser("list", help="samplers, models, schedules and metrics")
     lst.add_argument("--markdown", action="store_true", help="print the README's sampler table")
@@ -149,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("results")
     plot.add_argument("--out", help="directory for the PNGs (default: beside the CSV)")
     plot.set_defaults(func=_cmd_plot)
+    rep = sub.add_parser("report", help="one self-contained HTML page for a run directory")
+    rep.add_argument("run_dir", help="a run directory (results.csv and metadata.json)")
+    rep.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+    rep.set_defaults(func=_cmd_report)
     cmp_ = sub.add_parser("compare", help="exit 1 when NEW regresses against BASELINE")
     cmp_.add_argument("baseline")
     cmp_.add_argument("new")

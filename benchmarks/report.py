@@ -4,14 +4,15 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from .results import KEY_COLUMNS, RESULT_COLUMNS, safe_file_name, write_bytes_atomic
 
-__all__ = ["metric_columns", "markdown_report", "write_plots", "compare", "student_table"]
+__all__ = ["metric_columns", "markdown_report", "render_plots", "write_plots", "plot_file_name", "compare",
+           "student_table", "student_rows", "best_series_rows", "pivot", "LOWER_IS_BETTER"]
 
 #: metrics where lower is better (all current ones); the report marks the minimum per column
 LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "fd", "kid_mean"}
@@ -86,10 +87,10 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
 HEADLINE_METRICS = ("solver_error", "fid", "fd", "sliced_wasserstein", "mmd")
 
 
-def best_series_table(df: pd.DataFrame) -> str:
-    """Markdown: for each model and NFE budget, the series (sampler, options and grid) with the
-    best headline metric, and the runner-up, so the answer to "which sampler and grid at this
-    budget" is one lookup."""
+def best_series_rows(df: pd.DataFrame) -> List[Dict]:
+    """For each model and NFE budget, the series (sampler, options and grid) with the best
+    headline metric and the runner-up: model, metric, nfe, best, value, runner_up,
+    runner_up_value, compared."""
     rows = []
     for model in dict.fromkeys(df["model"]):
         for metric in [m for m in HEADLINE_METRICS if m in df.columns]:
@@ -100,20 +101,32 @@ def best_series_table(df: pd.DataFrame) -> str:
                 ranked = table[nfe].dropna().sort_values()
                 if ranked.empty:
                     continue
-                second = f"{_fmt(ranked.iloc[1])} ({ranked.index[1]})" if len(ranked) > 1 else "-"
-                rows.append(f"| {model} | {metric} | {nfe} | {ranked.index[0]} | {_fmt(ranked.iloc[0])} | {second} | "
-                            f"{len(ranked)} |")
+                rows.append({"model": model, "metric": metric, "nfe": nfe, "best": ranked.index[0],
+                             "value": ranked.iloc[0], "runner_up": ranked.index[1] if len(ranked) > 1 else None,
+                             "runner_up_value": ranked.iloc[1] if len(ranked) > 1 else math.nan,
+                             "compared": len(ranked)})
             break
+    return rows
+
+
+def best_series_table(df: pd.DataFrame) -> str:
+    """Markdown of :func:`best_series_rows`, so the answer to "which sampler and grid at this
+    budget" is one lookup."""
+    rows = []
+    for r in best_series_rows(df):
+        second = "-" if r["runner_up"] is None else f"{_fmt(r['runner_up_value'])} ({r['runner_up']})"
+        rows.append(f"| {r['model']} | {r['metric']} | {r['nfe']} | {r['best']} | {_fmt(r['value'])} | {second} | "
+                    f"{r['compared']} |")
     if not rows:
         return ""
     return ("## Best series per NFE\n\n| model | metric | NFE | best series | value | runner-up | series compared |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
-def student_table(df: pd.DataFrame) -> str:
-    """Markdown comparing each few-step student (a shipped distilled or consistency model) with
-    its teacher in the same results: at the student's NFE, the best teacher series at that budget,
-    and the teacher's converged value (its best series at its largest budget) with the gap."""
+def student_rows(df: pd.DataFrame) -> List[Dict]:
+    """Each few-step student (a shipped distilled or consistency model) against its teacher in
+    the same results: at the student's NFE, the best teacher series at that budget, and the
+    teacher's converged value (its best series at its largest budget) with the gap."""
     from score_models import zoo
 
     ok = df[df["status"] == "ok"]
@@ -127,18 +140,30 @@ def student_table(df: pd.DataFrame) -> str:
                  if m in df.columns]
         for metric, mine, theirs in [p for p in pairs if not p[1].empty and not p[2].empty][:1]:
             top = max(theirs.columns)
-            converged_series = theirs[top].idxmin()
-            converged = theirs[top].min()
+            converged_series, converged = theirs[top].idxmin(), theirs[top].min()
             for series, values in mine.iterrows():
                 for nfe, value in values.dropna().items():
+                    teacher_series, teacher_value = None, math.nan
                     if nfe in theirs.columns and theirs[nfe].notna().any():
-                        best_series, best = theirs[nfe].idxmin(), theirs[nfe].min()
-                        teacher_cell = f"{_fmt(best)} ({best_series})"
-                        wins = "yes" if value < best else "no"
-                    else:
-                        teacher_cell, wins = "-", "-"
-                    rows.append(f"| {student} | {teacher} | {metric} | {nfe} | {_fmt(value)} | {teacher_cell} | {wins} | "
-                                f"{_fmt(converged)} ({converged_series} @ {top}) | {_fmt(value - converged)} |")
+                        teacher_series, teacher_value = theirs[nfe].idxmin(), theirs[nfe].min()
+                    rows.append({"student": student, "teacher": teacher, "metric": metric, "nfe": nfe,
+                                 "series": series, "value": value, "teacher_series": teacher_series,
+                                 "teacher_value": teacher_value,
+                                 "student_better": None if teacher_series is None else bool(value < teacher_value),
+                                 "converged_series": converged_series, "converged_nfe": top,
+                                 "converged_value": converged, "gap": value - converged})
+    return rows
+
+
+def student_table(df: pd.DataFrame) -> str:
+    """Markdown of :func:`student_rows`."""
+    rows = []
+    for r in student_rows(df):
+        teacher_cell = "-" if r["teacher_series"] is None else f"{_fmt(r['teacher_value'])} ({r['teacher_series']})"
+        wins = "-" if r["student_better"] is None else ("yes" if r["student_better"] else "no")
+        rows.append(f"| {r['student']} | {r['teacher']} | {r['metric']} | {r['nfe']} | {_fmt(r['value'])} | "
+                    f"{teacher_cell} | {wins} | {_fmt(r['converged_value'])} ({r['converged_series']} @ "
+                    f"{r['converged_nfe']}) | {_fmt(r['gap'])} |")
     if not rows:
         return ""
     return ("## Few-step students against their teachers\n\n"
@@ -160,16 +185,20 @@ def _pareto(points: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
-    """Per model and metric: metric vs counted NFE (log-log), metric vs wall time with the Pareto
-    front across samplers. PNGs written atomically; returns their paths."""
+def render_plots(df: pd.DataFrame, dpi: int = 96) -> List[Tuple[str, str, bytes]]:
+    """Per model and metric: metric vs counted NFE (log-log) and metric vs wall time with the
+    Pareto front across samplers, as (model, metric, PNG bytes). Every series keeps one style
+    (colour, marker, line) in all plots of the run (:func:`benchmarks.palette.series_styles`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    from .palette import series_styles
+
+    rendered = []
     ok = df[df["status"] == "ok"]
+    styles = series_styles(list(df["series"]))
     for model in dict.fromkeys(ok["model"]):
         sub = ok[ok["model"] == model]
         for metric in metric_columns(df):
@@ -178,16 +207,14 @@ def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
             if data.empty:
                 continue
             fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
-            colors = plt.get_cmap("tab20").colors
-            markers = "osD^v<>pP*Xh"
-            for k, (series, g) in enumerate(data.groupby("series", sort=False)):
+            for series, g in data.groupby("series", sort=False):
                 g = g.groupby("nfe_budget").agg({"nfe": "mean", metric: "mean", "wall_s": "mean"}).sort_values("nfe")
-                style = dict(color=colors[k % len(colors)], marker=markers[k % len(markers)], ms=3.5)
+                style = dict(styles[series], ms=4)
                 ax_nfe.plot(g["nfe"], g[metric], label=series, **style)
-                ax_time.plot(g["wall_s"], g[metric], ls=":", alpha=0.6, **style)
+                ax_time.plot(g["wall_s"], g[metric], alpha=0.75, **{**style, "linestyle": ":"})
             means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
             front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
-            (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5)
+            (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, drawstyle="steps-post")
             for ax, xlabel in ((ax_nfe, "NFE (counted)"), (ax_time, "wall time per cell (s)")):
                 ax.set_xscale("log")
                 ax.set_yscale("log")
@@ -201,12 +228,25 @@ def write_plots(df: pd.DataFrame, out_dir: Path) -> List[Path]:
             fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
             fig.suptitle(f"{model}: {metric}")
             fig.tight_layout(rect=(0, 0.035 * rows + 0.02, 1, 1))
-            path = Path(out_dir) / f"{safe_file_name(f'{model}_{metric}', keep='-_.')}.png"
             buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
+            fig.savefig(buf, format="png", dpi=dpi)
             plt.close(fig)
-            write_bytes_atomic(path, buf.getvalue())
-            written.append(path)
+            rendered.append((model, metric, buf.getvalue()))
+    return rendered
+
+
+def plot_file_name(model: str, metric: str) -> str:
+    return f"{safe_file_name(f'{model}_{metric}', keep='-_.')}.png"
+
+
+def write_plots(df: pd.DataFrame, out_dir: Path, rendered: Optional[List[Tuple[str, str, bytes]]] = None) -> List[Path]:
+    """The trade-off plots (:func:`render_plots`, or the ones given) as PNG files, written
+    atomically; returns their paths."""
+    written = []
+    for model, metric, png in render_plots(df) if rendered is None else rendered:
+        path = Path(out_dir) / plot_file_name(model, metric)
+        write_bytes_atomic(path, png)
+        written.append(path)
     return written
 
 

@@ -11,12 +11,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import pandas as pd
 
 __all__ = ["ResultRow", "RESULT_COLUMNS", "KEY_COLUMNS", "TEXT_COLUMNS", "read_results", "write_atomic",
-           "write_bytes_atomic", "safe_file_name"]
+           "write_bytes_atomic", "safe_file_name", "append_csv_row", "drop_partial_line"]
 
 NAN = math.nan
 
@@ -118,3 +118,27 @@ def write_bytes_atomic(path: Path, data: Union[bytes, str]) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file atomically (see :func:`write_bytes_atomic`)."""
     write_bytes_atomic(path, text)
+
+
+def append_csv_row(path: Path, columns: List[str], row: Dict[str, Any]) -> None:
+    """Append one row to a CSV table whose header is ``columns``: one ``write`` of one whole line
+    on a file opened for appending, so the table grows by a row, not by a rewrite of all rows. A
+    line cut short by a crash has no newline yet; :func:`drop_partial_line` removes it on resume."""
+    line = pd.DataFrame([row], columns=columns).to_csv(header=False, index=False).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        written = 0
+        while written < len(line):
+            written += os.write(fd, line[written:])
+    finally:
+        os.close(fd)
+
+
+def drop_partial_line(path: Path) -> bool:
+    """Cut a file back to its last newline (the row a killed run was appending); True if it did."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+        return True

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .provenance import config_hash
-from .results import KEY_COLUMNS, read_results
+from .results import KEY_COLUMNS, drop_partial_line, read_results
 
 __all__ = ["RunDirectory", "ensure_writable_directory"]
 
@@ -80,6 +80,8 @@ class RunDirectory:
         if previous != config_hash(config) and not extend:
             raise ValueError(f"cannot resume {str(self.path)!r}: its results were written by {why}; pass "
                              f"--extend to add this config's cells to them, or choose another --out")
+        if drop_partial_line(csv):  # a row cut short by a kill is not finished: its cell runs again
+            table = read_results(csv)
         return table.to_dict("records")
 
     def _lock(self) -> None:

@@ -14,6 +14,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 from score_models.weights import load_tensors, one_line_error
 
+from ..budget import phase
 from ..results import write_bytes_atomic
 from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
 from .distances import exact_data
@@ -122,7 +123,7 @@ def make_extractor(reference: Dict[str, Any], device: torch.device):
 def _extract(extractor: Any, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     feats = []
     device = next(iter(extractor.parameters()), torch.empty(0)).device
-    with torch.inference_mode():
+    with phase("feature_extraction"), torch.inference_mode():
         for i in range(0, len(images), batch):
             out = extractor(images[i:i + batch].to(device))
             feats.append(out[0].detach().double().cpu())

@@ -9,6 +9,7 @@ import torch
 import solvers
 from score_models.analytic import GaussianMixture
 
+from ..budget import phase
 from .base import CellInfo, Metric, register_metric
 
 __all__ = ["SolverError"]
@@ -35,18 +36,22 @@ class SolverError(Metric):
         rtol = float(cell.reference.get("rtol", 1e-6))
         key = ("ode_reference", cell.model_key, cell.seed, batch_index, noise.shape[0], t_max, t_end, rtol)
         if key not in cell.cache:
-            if isinstance(cell.model, GaussianMixture):
-                noise64 = noise.to(torch.float64)
-                ref = cell.model.exact_ode_solution(sched.prior_std_at(t_max) * noise64, t_start=t_max, t_end=t_end)
-            else:
-                # Any other model: a tight adaptive solve of the same ODE from the same noise, in the
-                # run's dtype and on its device (the network's own precision bounds this reference).
-                span = {"t_max": t_max, "to_zero": to_zero, **({} if to_zero else {"t_min": t_end})}
-                with torch.inference_mode():
-                    ref = solvers.sample("rk45", cell.model, noise.to(cell.device), nfe=None, rtol=rtol, atol=rtol,
-                                         **span)
-            cell.cache[key] = ref.cpu()
+            with phase("reference_solutions"):
+                cell.cache[key] = self._solve(noise, to_zero, t_max, t_end, rtol)
         return cell.cache[key]
+
+    def _solve(self, noise: torch.Tensor, to_zero: bool, t_max: float, t_end: float, rtol: float) -> torch.Tensor:
+        cell = self.cell
+        if isinstance(cell.model, GaussianMixture):
+            noise64 = noise.to(torch.float64)
+            prior_std = cell.model.schedule.prior_std_at(t_max)
+            return cell.model.exact_ode_solution(prior_std * noise64, t_start=t_max, t_end=t_end).cpu()
+        # Any other model: a tight adaptive solve of the same ODE from the same noise, in the
+        # run's dtype and on its device (the network's own precision bounds this reference).
+        span = {"t_max": t_max, "to_zero": to_zero, **({} if to_zero else {"t_min": t_end})}
+        with torch.inference_mode():
+            ref = solvers.sample("rk45", cell.model, noise.to(cell.device), nfe=None, rtol=rtol, atol=rtol, **span)
+        return ref.cpu()
 
     def update(self, batch_index: int, noise: torch.Tensor, samples: torch.Tensor) -> None:
         if not self.applies:

@@ -5,7 +5,7 @@ Protocol per cell:
 1. Noise and per-step randomness come from per-batch generators seeded by (seed, batch index),
    so every sampler sees the same noise and a sharded run draws the same numbers.
 2. Timing: one warm-up network call, then the median of 5 single forward passes at the batch
-   shape (``forward_s``), then the whole sampling run timed (CUDA events on GPU); the loop's own
+   shape (``forward_s``, measured once per model and batch shape), then the whole sampling run timed (CUDA events on GPU); the loop's own
    cost is ``overhead_frac`` = 1 - (counted NFE x forward_s) / wall.
 3. Any NaN/Inf in a batch makes the row ``diverged``; the batch is re-run with a watch on the
    network's input to name the first evaluation that saw a non-finite state. An exception makes
@@ -29,9 +29,10 @@ from score_models import zoo
 from score_models.analytic import GaussianMixture
 from score_models.parameterization import DiffusionModel
 
+from ..budget import BUDGET, phase
 from ..config import ModelSpec, SweepConfig
 from ..distributed import Distributed
-from ..metrics import METRICS, CellInfo
+from ..metrics import METRICS, REFERENCE_SEED, CellInfo
 from ..results import ResultRow, safe_file_name, write_bytes_atomic
 from ..timing import PeakMemory, Stopwatch, median_seconds
 from .cells import Cell, all_batches, batch_generator
@@ -56,6 +57,19 @@ class RunContext:
         torch.save(samples, buffer)
         write_bytes_atomic(self.out_dir / "samples" / f"{name}.pt", buffer.getvalue())
 
+    def save_preview(self, cell: Cell, model: DiffusionModel, samples: torch.Tensor) -> None:
+        """Keep the first samples of the cell (the same noise for every sampler) for the report's
+        sample grids: a few images of an image-shaped model, a scatter's worth of a 2-D one."""
+        preview = preview_samples(model, samples)
+        if preview is None:
+            return
+        with phase("sample_previews"):
+            _save_tensor(self.out_dir / PREVIEW_DIR / preview_file_name(cell.key), preview)
+            data_path = self.out_dir / PREVIEW_DIR / preview_data_file_name(cell.model.key)
+            if preview.dim() == 2 and hasattr(model, "sample_data") and not data_path.is_file():
+                data = model.sample_data(len(preview), generator=torch.Generator().manual_seed(REFERENCE_SEED))
+                _save_tensor(data_path, data.float())
+
 
 @dataclass
 class BatchResult:
@@ -70,6 +84,37 @@ class BatchResult:
     seconds: float
     peak_mb: float
     finite: bool
+
+
+#: The run directory's folder of preview samples, one file per cell (see RunContext.save_preview).
+PREVIEW_DIR = "previews"
+#: How many samples a preview keeps: images shown per grid cell, points per scatter.
+PREVIEW_IMAGES, PREVIEW_POINTS = 4, 500
+
+
+def preview_file_name(key: Tuple[str, str, int, int]) -> str:
+    return safe_file_name("_".join(map(str, key))) + ".pt"
+
+
+def preview_data_file_name(model_key: str) -> str:
+    """The exact data points a 2-D model's scatter previews are drawn against."""
+    return "data--" + safe_file_name(model_key) + ".pt"
+
+
+def _save_tensor(path: Path, tensor: torch.Tensor) -> None:
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().cpu().clone(), buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def preview_samples(model: DiffusionModel, samples: torch.Tensor) -> Optional[torch.Tensor]:
+    """The samples a preview keeps, or None for shapes the report does not draw."""
+    shape = tuple(model.sample_shape or ())
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return samples[:PREVIEW_IMAGES].float()
+    if shape == (2,):
+        return samples[:PREVIEW_POINTS].float()
+    return None
 
 
 class _NonFiniteWatch:
@@ -124,7 +169,7 @@ def _sample_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int
 
 
 def _run_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int, size: int) -> BatchResult:
-    with torch.inference_mode(), PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
+    with phase("sampler_loop"), torch.inference_mode(), PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
         noise, out, stats = _sample_batch(ctx, model, cell, index, size)
     return BatchResult(index, size, noise.cpu(), out.cpu(), stats["nfe"], stats["network_passes"], sw.seconds,
                        mem.mb, bool(torch.isfinite(out).all()))
@@ -151,11 +196,11 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
             info = CellInfo(model=model, model_key=cell.model.key, sampler=cell.series.sampler,
                             options=cell.series.options, seed=cell.seed, n_samples=n_samples, device=ctx.device,
                             reference={**cfg.reference, **dict(cell.model.reference)}, cache=ctx.cache)
-            metrics = [METRICS[name](info) for name in cfg.metrics]
-        with torch.inference_mode():
-            probe = torch.zeros((batches[0][1],) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
-            t_probe = model.schedule.t_max
-            row.forward_s = median_seconds(lambda: model.raw(probe, t_probe), ctx.device)
+            metrics = []
+            for name in cfg.metrics:
+                with phase(f"metric:{name}"):
+                    metrics.append((name, METRICS[name](info)))
+        row.forward_s = _forward_seconds(ctx, model, cell, batches[0][1])
         wall, peak, total_nfe, max_nfe, max_passes, diverged = 0.0, 0.0, 0, 0, 0, None
         batch_bar = tqdm(total=len(batches), disable=not progress or len(batches) < 2, leave=False,
                          unit="batch", desc="cell")
@@ -178,23 +223,29 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
                 if not batch.finite and diverged is None:
                     diverged = (batch.index, batch.size)
                 if diverged is None:
-                    for m in metrics:
-                        m.update(batch.index, batch.noise, batch.samples)
+                    for name, m in metrics:
+                        with phase(f"metric:{name}"):
+                            m.update(batch.index, batch.noise, batch.samples)
                     if cfg.save_samples:
                         saved.append(batch.samples)
+                    if batch.index == 0:
+                        ctx.save_preview(cell, model, batch.samples)
         batch_bar.close()
         if dist.rank != 0:
             return row
         row.nfe, row.network_passes, row.peak_mem_mb = max_nfe, max_passes, peak
+        BUDGET.move("sampler_loop", "network_forwards", total_nfe * row.forward_s)
         if diverged is not None:
             row.status = "diverged"
-            row.diverged_at_nfe = _find_divergence(ctx, model, cell, *diverged)
+            with phase("divergence_rerun"):
+                row.diverged_at_nfe = _find_divergence(ctx, model, cell, *diverged)
             row.error = f"non-finite samples (first in batch {diverged[0]})"
             return row
         row.wall_s, row.s_per_sample, row.nfe_per_s = wall, wall / n_samples, total_nfe / wall
         row.overhead_frac = 1.0 - total_nfe * row.forward_s / wall
-        for m in metrics:
-            row.metrics.update(m.result())
+        for name, m in metrics:
+            with phase(f"metric:{name}"):
+                row.metrics.update(m.result())
         if saved:
             ctx.save_samples(cell, torch.cat(saved))
     except Exception as e:  # a failing cell is a row, not the end of the sweep
@@ -203,6 +254,18 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
         if os.environ.get("NFEBENCH_DEBUG"):
             traceback.print_exc()
     return row
+
+
+def _forward_seconds(ctx: RunContext, model: DiffusionModel, cell: Cell, batch: int) -> float:
+    """One forward pass's time at the cell's batch shape: a warm-up call, then the median of 5,
+    measured once per model and batch shape and shared by its cells."""
+    key = ("forward_s", cell.model.key, batch)
+    if key not in ctx.cache:
+        with phase("forward_probe"), torch.inference_mode():
+            probe = torch.zeros((batch,) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
+            t_probe = model.schedule.t_max
+            ctx.cache[key] = median_seconds(lambda: model.raw(probe, t_probe), ctx.device)
+    return ctx.cache[key]
 
 
 def _find_divergence(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int, size: int) -> float:

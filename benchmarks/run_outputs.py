@@ -1,0 +1,59 @@
+"""What ``nfebench run`` writes after the sweep: trade-off plots and sample grids (one pass over
+the finished table), report.html, and the whole invocation's time budget in metadata.json."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .budget import BUDGET, phase
+from .sweep import record_time_budget
+
+__all__ = ["write_run_outputs"]
+
+
+def _budget(out: Path, start: float) -> dict:
+    """The sweep's budget entry (cells' sampling) brought up to now with every phase so far."""
+    budget = dict(json.loads((Path(out) / "metadata.json").read_text()).get("time_budget", {}))
+    elapsed = time.perf_counter() - start
+    budget.update(elapsed_s=elapsed, phases=dict(sorted(BUDGET.snapshot().items())))
+    available = elapsed * budget.get("jobs", 1)
+    budget["sampling_share"] = budget.get("cells_sampling_s", 0.0) / available if available > 0 else float("nan")
+    budget["scope"] = ("this invocation of nfebench run, from its start to report.html; phases with jobs > 1 are "
+                       "summed over the worker processes, shares are of elapsed x jobs")
+    return budget
+
+
+def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = True) -> str:
+    """Plots, sample grids and (``html``) report.html for the run in ``out``; the time budget of
+    the invocation that began at ``start`` (perf_counter) goes into metadata.json. Returns a
+    short list of what was written."""
+    from .report import render_plots, write_plots
+    from .sample_grids import render_sample_grids, write_sample_grids
+
+    with phase("plotting"):
+        plots = render_plots(df)
+        grids = render_sample_grids(out, df)
+    with phase("result_writing"):
+        write_plots(df, out, plots)
+        write_sample_grids(out, df, grids)
+    written = f"{len(plots)} plots, {len(grids)} sample grids"
+    if html:
+        from .html_report import html_report, write_html_report
+
+        meta_path = Path(out) / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta["time_budget"] = _budget(out, start)
+        with phase("report"):
+            # Rendered once to time it, so that the page's budget shows the report's own cost too.
+            began = time.perf_counter()
+            html_report(df, meta, plots, grids)
+            rendered_in = time.perf_counter() - began
+            record_time_budget(out, _budget(out, start))
+            write_html_report(out, df=df, plots=plots, grids=grids, report_seconds=rendered_in)
+        written += ", report.html"
+    with phase("result_writing"):
+        record_time_budget(out, _budget(out, start))
+    return written

@@ -1,0 +1,59 @@
+"""``--jobs K``: independent cells in K worker processes on one machine.
+
+Each worker builds its own run context (models loaded once per worker, its own reference
+caches), expands the same cells from the same config, and runs the cells it is handed by index;
+the parent appends each row as it arrives and sorts the table into cell order at the end. A
+cell's numbers depend only on its own generators (seeded by seed and batch), never on which
+process ran it or what ran before, so the rows equal a single process's (tested, quality
+columns exactly). Workers are started with ``spawn`` (a forked copy of a process whose torch
+thread pool is running can hang) and share the machine's cores: each gets cores // K torch
+threads, at least one.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from ..budget import BUDGET, phase
+from ..config import SweepConfig
+from ..distributed import Distributed
+from ..timing import resolve_device
+from .cells import Cell, expand_cells
+from .execute import RunContext, load_model, run_cell
+
+__all__ = ["run_cells_in_processes"]
+
+_WORKER: Dict[str, Any] = {}
+
+
+def _start_worker(cfg: SweepConfig, out_dir: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    with phase("setup"):
+        device = resolve_device(cfg.device)
+        ctx = RunContext(cfg, device, getattr(torch, cfg.dtype), {}, {}, Distributed(), Path(out_dir))
+        cells, _ = expand_cells(cfg, lambda spec: load_model(ctx, spec))
+    _WORKER.update(ctx=ctx, cells=cells)
+
+
+def _run_one(job: Tuple[int, Tuple]) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    index, key = job
+    cell: Cell = _WORKER["cells"][index]
+    if cell.key != key:  # the worker expanded another config than the parent: never mix them
+        raise RuntimeError(f"worker cell {cell.key} is not the parent's {key}")
+    row = run_cell(_WORKER["ctx"], cell)
+    return row.as_dict(), BUDGET.take()
+
+
+def run_cells_in_processes(cfg: SweepConfig, out_dir: Path, cells: List[Cell], todo: List[Cell], jobs: int,
+                           threads: Optional[int] = None) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
+    """Rows of the ``todo`` cells (as ``ResultRow.as_dict`` gives them) with the time budget each
+    worker spent on them, in the order they finish."""
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    index = {c.key: i for i, c in enumerate(cells)}
+    context = mp.get_context("spawn")
+    with context.Pool(jobs, initializer=_start_worker, initargs=(cfg, str(out_dir), threads)) as pool:
+        yield from pool.imap_unordered(_run_one, [(index[c.key], c.key) for c in todo], chunksize=1)
