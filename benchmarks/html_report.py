@@ -34,8 +34,8 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 main{max-width:1320px;margin:0 auto;padding:0 24px 48px}
 header{background:#1f3b57;color:#fff;padding:18px 24px}
 header h1{margin:0 0 4px;font-size:22px} header p{margin:0;opacity:.85}
-nav{background:#fff;border-bottom:1px solid #ddd;padding:8px 24px;position:sticky;top:0;z-index:2}
-nav a{margin-right:14px;color:#1f5f99;text-decoration:none;white-space:nowrap} nav a:hover{text-decoration:underline}
+nav{background:#fff;border-bottom:1px solid #ddd;padding:8px 24px;position:sticky;top:0;z-index:2;display:flex;flex-wrap:wrap;gap:2px 14px}
+nav a{color:#1f5f99;text-decoration:none;white-space:nowrap} nav a:hover{text-decoration:underline}
 h2{margin:36px 0 10px;padding-bottom:4px;border-bottom:2px solid #1f3b57;font-size:19px}
 h3{margin:22px 0 6px;font-size:16px} h4{margin:16px 0 4px;font-size:14px}
 .note{color:#555;margin:4px 0 10px}
@@ -288,7 +288,9 @@ def _budget_section(meta: Dict[str, Any], report_seconds: Optional[float]) -> st
                     f'{_num_cell(r["seconds"])}<td data-v="{r["share"]!r}">{r["share"]:.1%}</td>'
                     f'<td class=l><span class="{bar_cls}" style="width:{width:.1f}px"></span></td></tr>')
     share = budget.get("sampling_share", float("nan"))
-    summary = (f'{elapsed:.1f} s elapsed{f" x {jobs} processes" if jobs > 1 else ""} for {budget.get("cells_run")} '
+    threads = budget.get("torch_threads_per_process")
+    summary = (f'{elapsed:.1f} s elapsed{f" x {jobs} processes" if jobs > 1 else ""}'
+               f'{f" ({threads} torch threads each)" if threads else ""} for {budget.get("cells_run")} '
                f'cells; the cells\' sampling (their summed wall_s, {float(budget.get("cells_sampling_s", 0)):.1f} s) '
                f'is {share:.1%} of it.')
     return (head + f'<p>{_e(summary)}</p><p class="note">{_e(budget.get("scope", ""))}. Each phase counts its own '

@@ -12,7 +12,7 @@ import pandas as pd
 from .results import KEY_COLUMNS, RESULT_COLUMNS, safe_file_name, write_bytes_atomic
 
 __all__ = ["metric_columns", "markdown_report", "render_plots", "write_plots", "plot_file_name", "compare",
-           "student_table", "student_rows", "best_series_rows", "pivot", "LOWER_IS_BETTER"]
+           "student_table", "student_rows", "best_series_rows", "pivot", "markdown_pivot", "LOWER_IS_BETTER"]
 
 #: metrics where lower is better (all current ones); the report marks the minimum per column
 LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "fd", "kid_mean"}
@@ -50,26 +50,7 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
     for model in dict.fromkeys(df["model"]):
         out.write(f"## {model}\n\n")
         for metric in metric_columns(df) + ["s_per_sample"]:
-            table = pivot(df, model, metric)
-            if table.empty:
-                continue
-            label = "seconds per sample" if metric == "s_per_sample" else metric
-            out.write(f"**{label}** (rows: sampler series, columns: NFE budget"
-                      f"{'' if metric == 's_per_sample' else '; best per column in bold'})\n\n")
-            cols = list(table.columns)
-            out.write("| series | " + " | ".join(str(c) for c in cols) + " |\n")
-            out.write("|---|" + "---|" * len(cols) + "\n")
-            best = table.min(axis=0) if metric in LOWER_IS_BETTER else table.max(axis=0)
-            for series, values in table.iterrows():
-                cells = []
-                for c in cols:
-                    v = values[c]
-                    s = _fmt(v)
-                    if metric != "s_per_sample" and not (isinstance(v, float) and math.isnan(v)) and v == best[c]:
-                        s = f"**{s}**"
-                    cells.append(s)
-                out.write(f"| {series} | " + " | ".join(cells) + " |\n")
-            out.write("\n")
+            out.write(markdown_pivot(df, model, metric))
     students = student_table(df)
     if students:
         out.write(students)
@@ -80,6 +61,32 @@ def markdown_report(df: pd.DataFrame, title: str = "nfebench results", protocol:
             where = "" if pd.isna(r["diverged_at_nfe"]) else f"NFE {int(r['diverged_at_nfe'])}"
             out.write(f"| {r['model']} | {r['series']} | {r['nfe_budget']} | {r['seed']} | {r['status']} | {where} | {r['error']} |\n")
         out.write("\n")
+    return out.getvalue()
+
+
+def markdown_pivot(df: pd.DataFrame, model: str, metric: str) -> str:
+    """One model's series x NFE table of one metric, best per column in bold ('' when empty)."""
+    table = pivot(df, model, metric)
+    if table.empty:
+        return ""
+    out = io.StringIO()
+    label = "seconds per sample" if metric == "s_per_sample" else metric
+    out.write(f"**{label}** (rows: sampler series, columns: NFE budget"
+              f"{'' if metric == 's_per_sample' else '; best per column in bold'})\n\n")
+    cols = list(table.columns)
+    out.write("| series | " + " | ".join(str(c) for c in cols) + " |\n")
+    out.write("|---|" + "---|" * len(cols) + "\n")
+    best = table.min(axis=0) if metric in LOWER_IS_BETTER else table.max(axis=0)
+    for series, values in table.iterrows():
+        cells = []
+        for c in cols:
+            v = values[c]
+            s = _fmt(v)
+            if metric != "s_per_sample" and not (isinstance(v, float) and math.isnan(v)) and v == best[c]:
+                s = f"**{s}**"
+            cells.append(s)
+        out.write(f"| {series} | " + " | ".join(cells) + " |\n")
+    out.write("\n")
     return out.getvalue()
 
 

@@ -24,8 +24,8 @@ def small_config(**run):
     and two batches per cell (a loose rk45 reference keeps the network's solver_error cheap)."""
     return parse_config({
         "run": {"nfe": [3, 6], "seeds": [0, 1], "n_samples": 32, "batch_size": 16, "device": "cpu",
-                "metrics": QUALITY, "reference": {"rtol": 1e-3}, **run},
-        "models": [{"name": "gmm:ring8"}, {"name": "gmm:mix16d", "schedule": "edm"}, {"name": "toy2d-moons"}],
+                "metrics": QUALITY, "reference": {"rtol": 1e-2}, **run},
+        "models": [{"name": "gmm:ring8"}, {"name": "toy2d-moons"}],
         "samplers": [{"sampler": "heun", "options": {"grid": "edm"}}, {"sampler": "ddpm"}],
     })
 
@@ -63,7 +63,7 @@ n_samples = 32
 batch_size = 16
 device = "cpu"
 metrics = ["solver_error", "sliced_wasserstein"]
-reference = { rtol = 1e-3 }
+reference = { rtol = 1e-2 }
 [[models]]
 name = "gmm:ring8"
 [[models]]

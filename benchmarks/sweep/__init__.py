@@ -145,8 +145,12 @@ def time_budget(phases: Dict[str, float], elapsed: float, sampled: Dict[str, flo
     """metadata.json's ``time_budget``: seconds per phase (:mod:`benchmarks.budget`), the elapsed
     time, and the cells' summed sampling wall time with its share of the time available (elapsed x
     processes). Covers this invocation only (a resumed run's earlier ones are not included)."""
+    from .parallel import worker_threads
+
     available = elapsed * jobs
-    return {"elapsed_s": elapsed, "jobs": jobs, "phases": dict(sorted(phases.items())),
+    threads = torch.get_num_threads() if jobs == 1 else worker_threads(jobs)
+    return {"elapsed_s": elapsed, "jobs": jobs, "torch_threads_per_process": threads,
+            "phases": dict(sorted(phases.items())),
             "cells_run": int(sampled["cells"]), "cells_sampling_s": sampled["wall_s"],
             "sampling_share": sampled["wall_s"] / available if available > 0 else float("nan"),
             "scope": "this invocation of the run; phases with jobs > 1 are summed over the worker processes, "

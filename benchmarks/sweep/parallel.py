@@ -25,7 +25,7 @@ from ..timing import resolve_device
 from .cells import Cell, expand_cells
 from .execute import RunContext, load_model, run_cell
 
-__all__ = ["run_cells_in_processes"]
+__all__ = ["run_cells_in_processes", "worker_threads"]
 
 _WORKER: Dict[str, Any] = {}
 
@@ -48,11 +48,16 @@ def _run_one(job: Tuple[int, Tuple]) -> Tuple[Dict[str, Any], Dict[str, float]]:
     return row.as_dict(), BUDGET.take()
 
 
+def worker_threads(jobs: int) -> int:
+    """torch threads per worker process: the machine's cores shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def run_cells_in_processes(cfg: SweepConfig, out_dir: Path, cells: List[Cell], todo: List[Cell], jobs: int,
                            threads: Optional[int] = None) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
     """Rows of the ``todo`` cells (as ``ResultRow.as_dict`` gives them) with the time budget each
     worker spent on them, in the order they finish."""
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or worker_threads(jobs)
     index = {c.key: i for i, c in enumerate(cells)}
     context = mp.get_context("spawn")
     with context.Pool(jobs, initializer=_start_worker, initargs=(cfg, str(out_dir), threads)) as pool:
