@@ -261,4 +261,4 @@ def test_grid_tables_share_of_the_exact_gain():
     rows = [("m", "euler", g, 5, v) for g, v in (("edm", 4.0), ("exact", 2.0), ("gits", 3.0), ("ays", 5.0), ("dp", 2.0))]
     df = pd.DataFrame(rows, columns=["model", "sampler_label", "grid", "nfe_budget", "value"])
     share = _shares(df).iloc[0]
-    assert (share["gits"], share["ays"], share["dp"]) == ("0.5", "-0.5", "1")
+    assert (share["gits"], share["ays"], share["dp"]) == ("0.5 (1)", "-0.5 (1)", "1 (1)")
