@@ -81,20 +81,18 @@ def test_cheapest_path_matches_enumeration_on_random_costs():
 
 
 def test_exact_never_worse_than_its_start():
-    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    model = GaussianMixture([[-1.0, 0.0], [1.5, 0.5]], [0.3, 0.5], schedule=EDM())
     stats = {}
-    settings = {"n_samples": 32, "max_evaluations": 60, "searches": 1, "fine_steps": 12, "teacher_steps": 8}
+    settings = {"n_samples": 16, "max_evaluations": 40, "searches": 1, "fine_steps": 6, "teacher_steps": 5}
     times = solvers.optimize_grid(model, "dpm_solver", 4, "exact", settings=settings, stats=stats)
     assert stats["optimized_error"] <= stats["start_error"]
     # re-measured independently with solvers.sample on the optimiser's own noise and the exact
-    # solution: no worse than any fixed grid it starts from, nor than the GITS and DP grids
-    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # solution: no worse than any fixed grid it starts from
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     truth = model.exact_ode_solution(model.schedule.prior_std * noise, rtol=1e-9, atol=1e-9)
     def err(grid):
         return float((solvers.sample("dpm_solver", model, noise, nfe=4, grid=grid) - truth).pow(2).mean().sqrt())
     starts = [solvers.time_grid(model.schedule, 4, g) for g in ("edm", "logsnr", "uniform")]
-    starts += [solvers.optimize_grid(model, "dpm_solver", 4, "gits", settings={"n_samples": 32, "fine_steps": 12}),
-               solvers.optimize_grid(model, "dpm_solver", 4, "dp", settings={"n_samples": 32, "teacher_steps": 8})]
     assert err(times) <= min(map(err, starts)) + 1e-12
     assert stats["optimizer_nfe"] > 0 and stats["optimizer_seconds"] >= 0
 
@@ -113,7 +111,7 @@ def test_ays_interpolation_reproduces_the_published_schedule(name):
 
 
 def test_ays_grid_is_decreasing_and_interpolated_from_its_base():
-    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    model = single_gaussian()
     stats = {}
     times = solvers.optimize_grid(model, "euler", 5, "ays", settings={"n_data": 16, "sweeps": 1}, stats=stats)
     sig = model.schedule.sigma_tilde(times[:-1]).numpy()
@@ -122,12 +120,12 @@ def test_ays_grid_is_decreasing_and_interpolated_from_its_base():
 
 
 def test_same_arguments_same_grid():
-    model = zoo.load("gmm:ring8", schedule="vp_linear")
-    settings = {"fine_steps": 12, "n_samples": 8}
+    model = single_gaussian()
+    settings = {"fine_steps": 6, "n_samples": 8}
     a = solvers.optimize_grid(model, "heun", 5, "gits", settings=settings, seed=3)
     b = solvers.optimize_grid(model, "heun", 5, "gits", settings=settings, seed=3)
     assert a.dtype == torch.float64 and torch.equal(a, b)
-    assert solvers.sample("heun", model, torch.randn(4, 2, dtype=torch.float64), grid=a).shape == (4, 2)
+    assert solvers.sample("heun", model, torch.randn(4, 1, dtype=torch.float64), grid=a).shape == (4, 1)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -189,6 +187,7 @@ options = {{ grid = "{grid}" }}
     return cfg
 
 
+@pytest.mark.slow
 def test_sweep_runs_optimized_and_file_grids_and_reports_the_cost(tmp_path):
     import pandas as pd
 
