@@ -68,8 +68,9 @@ def test_run_writes_tables_metadata_and_plots(tmp_path, capsys):
     assert meta["config"]["name"] == "tiny" and meta["protocol"]["n_samples"] == 64 and "torch" in meta["versions"]
     assert "heun(to_zero=False) @ nfe=1: heun needs nfe >= 2" in " ".join(meta["skipped"])
     assert "## gmm:ring8@edm" in (out / "results.md").read_text()
-    pngs = list(out.glob("*.png"))
+    pngs = [p for p in out.glob("*.png") if not p.name.startswith("samples_")]  # trade-off plots
     assert len(pngs) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert (out / "samples_gmm_ring8_edm.png").is_file() and (out / "report.html").is_file()
     # a second run into the same directory without --resume is refused (exit 2)
     assert main(["run", str(write(tmp_path, TINY)), "--out", str(out), "--quiet"]) == 2
 
