@@ -120,7 +120,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     df = _read_table(args.results)
     out = Path(args.out) if args.out else Path(args.results).parent
-    for p in write_plots(df, out):
+    for p in write_plots(df, out, x_axis=args.x_axis):
         print(p)
     return 0
 
@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="trade-off plots from a results.csv")
     plot.add_argument("results")
     plot.add_argument("--out", help="directory for the PNGs (default: beside the CSV)")
+    plot.add_argument("--x-axis", choices=["nfe", "sequential_depth"], default="nfe",
+                      help="the left plot's x-axis: counted NFE or sequential depth (network calls in sequence)")
     plot.set_defaults(func=_cmd_plot)
     rep = sub.add_parser("report", help="one self-contained HTML page for a run directory")
     rep.add_argument("run_dir", help="a run directory (results.csv and metadata.json)")

@@ -192,10 +192,20 @@ def _pareto(points: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def render_plots(df: pd.DataFrame, dpi: int = 96) -> List[Tuple[str, str, bytes]]:
-    """Per model and metric: metric vs counted NFE (log-log) and metric vs wall time with the
-    Pareto front across samplers, as (model, metric, PNG bytes). Every series keeps one style
-    (colour, marker, line) in all plots of the run (:func:`benchmarks.palette.series_styles`)."""
+#: What the left plot's x-axis can count: total network evaluations, or the network calls made
+#: one after another (below NFE for parallel-in-time samplers and batched guidance).
+X_AXES = {"nfe": "NFE (counted)", "sequential_depth": "sequential depth (network calls in sequence)"}
+
+
+def render_plots(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe") -> List[Tuple[str, str, bytes]]:
+    """Per model and metric: metric vs counted NFE (or ``x_axis="sequential_depth"``; log-log)
+    and metric vs wall time with the Pareto front across samplers, as (model, metric, PNG bytes).
+    Every series keeps one style (colour, marker, line) in all plots of the run
+    (:func:`benchmarks.palette.series_styles`)."""
+    if x_axis not in X_AXES:
+        raise ValueError(f"unknown x-axis {x_axis!r}; valid: {', '.join(X_AXES)}")
+    if x_axis not in df.columns:
+        raise ValueError(f"the results have no {x_axis!r} column (written by runs since it was added); use nfe")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,14 +225,14 @@ def render_plots(df: pd.DataFrame, dpi: int = 96) -> List[Tuple[str, str, bytes]
                 continue
             fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
             for series, g in data.groupby("series", sort=False):
-                g = g.groupby("nfe_budget").agg({"nfe": "mean", metric: "mean", "wall_s": "mean"}).sort_values("nfe")
+                g = g.groupby("nfe_budget").agg({x_axis: "mean", metric: "mean", "wall_s": "mean"}).sort_values(x_axis)
                 style = dict(styles[series], ms=4)
-                ax_nfe.plot(g["nfe"], g[metric], label=series, **style)
+                ax_nfe.plot(g[x_axis], g[metric], label=series, **style)
                 ax_time.plot(g["wall_s"], g[metric], alpha=0.75, **{**style, "linestyle": ":"})
             means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
             front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
             (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, drawstyle="steps-post")
-            for ax, xlabel in ((ax_nfe, "NFE (counted)"), (ax_time, "wall time per cell (s)")):
+            for ax, xlabel in ((ax_nfe, X_AXES[x_axis]), (ax_time, "wall time per cell (s)")):
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_xlabel(xlabel)
@@ -246,12 +256,14 @@ def plot_file_name(model: str, metric: str) -> str:
     return f"{safe_file_name(f'{model}_{metric}', keep='-_.')}.png"
 
 
-def write_plots(df: pd.DataFrame, out_dir: Path, rendered: Optional[List[Tuple[str, str, bytes]]] = None) -> List[Path]:
+def write_plots(df: pd.DataFrame, out_dir: Path, rendered: Optional[List[Tuple[str, str, bytes]]] = None,
+                x_axis: str = "nfe") -> List[Path]:
     """The trade-off plots (:func:`render_plots`, or the ones given) as PNG files, written
-    atomically; returns their paths."""
+    atomically; returns their paths. Plots against sequential depth get a ``_depth`` suffix."""
     written = []
-    for model, metric, png in render_plots(df) if rendered is None else rendered:
-        path = Path(out_dir) / plot_file_name(model, metric)
+    suffix = "" if x_axis == "nfe" else "_depth"
+    for model, metric, png in render_plots(df, x_axis=x_axis) if rendered is None else rendered:
+        path = Path(out_dir) / plot_file_name(model, metric + suffix)
         write_bytes_atomic(path, png)
         written.append(path)
     return written

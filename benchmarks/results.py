@@ -23,9 +23,10 @@ NAN = math.nan
 
 @dataclass
 class ResultRow:
-    """One cell's row: what ran, what it cost (counted NFE, network passes, wall time, one
-    forward's time, the loop's own share, peak memory), how it ended (status ok / diverged /
-    failed, with the error and the NFE where NaN first appeared) and its metric columns."""
+    """One cell's row: what ran, what it cost (counted NFE, network passes, sequential depth (the
+    network calls made one after another: below NFE where a sampler stacks evaluations), wall
+    time, one forward's time, the loop's own share, peak memory), how it ended (status ok /
+    diverged / failed, with the error and the NFE where NaN first appeared) and its metric columns."""
 
     model: str
     schedule: str = ""
@@ -35,6 +36,7 @@ class ResultRow:
     nfe_budget: int = 0
     nfe: float = NAN
     network_passes: float = NAN
+    sequential_depth: float = NAN
     n_samples: int = 0
     seed: int = 0
     wall_s: float = NAN

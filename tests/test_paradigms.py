@@ -100,3 +100,25 @@ def test_bad_options_are_named():
         solvers.sample("paradigms", model, _noise(model, n=2), nfe=100, base="heun")
     with pytest.raises(ValueError, match="window"):
         solvers.sample("paradigms", model, _noise(model, n=2), nfe=100, window=0)
+
+
+def test_sweep_rows_carry_sequential_depth_and_plots_can_use_it(tmp_path):
+    from benchmarks.cli import main
+    from benchmarks.config import parse_config
+    from benchmarks.sweep import run_sweep
+
+    config = parse_config({
+        "run": {"nfe": [200], "n_samples": 16, "batch_size": 16, "metrics": ["solver_error"]},
+        "models": [{"name": "gmm:ring8", "schedule": "vp_linear"}],
+        "samplers": [{"sampler": "paradigms", "options": {"steps": 40}}, {"sampler": "ddim", "nfe": [40]}],
+    })
+    df = run_sweep(config, tmp_path / "run", progress=False).set_index("sampler")
+    assert df.loc["ddim", "sequential_depth"] == df.loc["ddim", "nfe"] == 40
+    assert df.loc["paradigms", "sequential_depth"] < 40 <= df.loc["paradigms", "nfe"] <= 200
+    assert main(["plot", str(tmp_path / "run" / "results.csv"), "--x-axis", "sequential_depth",
+                 "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "gmm_ring8_vp_linear_solver_error_depth.png").is_file()
+    old = tmp_path / "old.csv"
+    old.write_text((tmp_path / "run" / "results.csv").read_text().replace("sequential_depth", "depth_unknown"))
+    assert main(["plot", str(old), "--x-axis", "sequential_depth", "--out", str(tmp_path / "old")]) == 2
+    assert not (tmp_path / "old").exists()

@@ -81,6 +81,7 @@ class BatchResult:
     samples: torch.Tensor
     nfe: int
     network_passes: int
+    sequential_depth: int
     seconds: float
     peak_mb: float
     finite: bool
@@ -171,7 +172,8 @@ def _sample_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int
 def _run_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int, size: int) -> BatchResult:
     with phase("sampler_loop"), torch.inference_mode(), PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
         noise, out, stats = _sample_batch(ctx, model, cell, index, size)
-    return BatchResult(index, size, noise.cpu(), out.cpu(), stats["nfe"], stats["network_passes"], sw.seconds,
+    return BatchResult(index, size, noise.cpu(), out.cpu(), stats["nfe"], stats["network_passes"],
+                       stats["sequential_depth"], sw.seconds,
                        mem.mb, bool(torch.isfinite(out).all()))
 
 
@@ -201,7 +203,7 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
                 with phase(f"metric:{name}"):
                     metrics.append((name, METRICS[name](info)))
         row.forward_s = _forward_seconds(ctx, model, cell, batches[0][1])
-        wall, peak, total_nfe, max_nfe, max_passes, diverged = 0.0, 0.0, 0, 0, 0, None
+        wall, peak, total_nfe, max_nfe, max_passes, max_depth, diverged = 0.0, 0.0, 0, 0, 0, 0, None
         batch_bar = tqdm(total=len(batches), disable=not progress or len(batches) < 2, leave=False,
                          unit="batch", desc="cell")
         # Rounds of world_size batches: rank r samples batch round*world + r; rank 0 gathers them
@@ -219,6 +221,7 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
             total_nfe += sum(r.nfe for r in gathered)
             max_nfe = max([max_nfe] + [r.nfe for r in gathered])
             max_passes = max([max_passes] + [r.network_passes for r in gathered])
+            max_depth = max([max_depth] + [r.sequential_depth for r in gathered])
             for batch in gathered:
                 if not batch.finite and diverged is None:
                     diverged = (batch.index, batch.size)
@@ -233,7 +236,7 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
         batch_bar.close()
         if dist.rank != 0:
             return row
-        row.nfe, row.network_passes, row.peak_mem_mb = max_nfe, max_passes, peak
+        row.nfe, row.network_passes, row.sequential_depth, row.peak_mem_mb = max_nfe, max_passes, max_depth, peak
         BUDGET.move("sampler_loop", "network_forwards", total_nfe * row.forward_s)
         if diverged is not None:
             row.status = "diverged"
