@@ -23,6 +23,11 @@
   with the ``distilled`` sampler at their step count), ``digits-unet-cd`` and
   ``toy2d-moons-cd`` (consistency distillation) and ``toy2d-moons-ct`` (consistency training),
   run with the ``consistency`` sampler.
+- Shipped rectified flows (flow prediction on the straight path x_t = (1 - t) x0 + t eps,
+  schedule ``rectified_flow``; ``nfebench train`` reproduces them): ``toy2d-moons-rf``
+  (1-rectified flow: conditional flow matching on the data, the toy2d MLP architecture) and its
+  reflow student ``toy2d-moons-rf2`` (2-rectified flow: trained on (noise, sample) pairs of the
+  1-RF model's ODE). Every ODE sampler runs them unchanged.
 """
 from __future__ import annotations
 
@@ -37,7 +42,8 @@ from .analytic import GaussianMixture
 from .parameterization import DiffusionModel
 from .schedules import SCHEDULES, DiscreteVP, Schedule
 
-__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule", "STUDENTS", "base_teacher"]
+__all__ = ["load", "load_diffusers", "available", "GMM_PRESETS", "make_schedule", "STUDENTS", "FLOWS", "flow_network",
+           "base_teacher"]
 
 
 def _ring8(schedule: Schedule) -> GaussianMixture:
@@ -86,10 +92,17 @@ SHIPPED = ("toy2d-moons", "toy2d-swissroll", "toy2d-8gaussians", "toy2d-checkerb
 STUDENTS = tuple(f"{teacher}-pd{n}" for teacher in ("digits-unet", "toy2d-moons") for n in (16, 8, 4, 2, 1)) + (
     "digits-unet-cd", "toy2d-moons-cd", "toy2d-moons-ct")
 
+#: Rectified flows: name -> (the shipped model whose architecture and data it shares, the 1-RF
+#: model whose ODE produced its training pairs, or None for a 1-RF model trained on the data).
+FLOWS: Dict[str, tuple] = {
+    "toy2d-moons-rf": ("toy2d-moons", None),
+    "toy2d-moons-rf2": ("toy2d-moons", "toy2d-moons-rf"),
+}
+
 
 def available() -> list[str]:
     """Loadable model names (plus ``python:<module>:<function>`` and ``diffusers:<dir>``)."""
-    return [f"gmm:{name}" for name in GMM_PRESETS] + list(SHIPPED) + list(STUDENTS)
+    return [f"gmm:{name}" for name in GMM_PRESETS] + list(SHIPPED) + list(STUDENTS) + list(FLOWS)
 
 
 def _attach_data(model: DiffusionModel, sampler) -> DiffusionModel:
@@ -97,10 +110,11 @@ def _attach_data(model: DiffusionModel, sampler) -> DiffusionModel:
     return model
 
 
-def _base_network(base: str) -> tuple:
+def _base_network(base: str, unit_time: bool = False) -> tuple:
     """(an untrained network of ``base``'s architecture, its schedule, sample shape and
     reference-data sampler) for a shipped diffusion model (toy2d-<dataset> or digits-unet).
-    Students share their teacher's architecture, schedule and data."""
+    Students share their teacher's architecture, schedule and data. ``unit_time``: the network
+    takes t in [0, 1] (a rectified flow's) instead of the digits UNet's timesteps 0..999."""
     from . import data
     from .nets import DigitsUNet, TimeMLP
     from .schedules import VPLinear
@@ -112,7 +126,7 @@ def _base_network(base: str) -> tuple:
         def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
             return data.toy2d(dataset, n, generator).to(device=device, dtype=dtype)
     elif base == "digits-unet":
-        net, schedule, shape = DigitsUNet(), DiscreteVP.linear(1000, 1e-4, 0.02), (1, 8, 8)
+        net, schedule, shape = DigitsUNet(time_scale=1000.0 if unit_time else 1.0), DiscreteVP.linear(1000, 1e-4, 0.02), (1, 8, 8)
         test_images, _ = data.digits("test")
 
         def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
@@ -167,6 +181,25 @@ def _load_student(name: str, weights_dir: Path) -> DiffusionModel:
         model = ConsistencyModel(net, schedule, info["sigma_min"], info["sigma_data"], sample_shape=shape,
                                  teacher=info["teacher"], training=info["kind"].removeprefix("consistency_"))
     return _attach_data(model, sample_data)
+
+
+def flow_network(name: str) -> tuple:
+    """(an untrained network, the RectifiedFlow schedule, sample shape, reference-data sampler)
+    of the rectified flow ``name`` in :data:`FLOWS`."""
+    from .schedules import RectifiedFlow
+
+    if name not in FLOWS:
+        raise ValueError(f"unknown rectified flow {name!r}; valid: {', '.join(FLOWS)}")
+    net, _, shape, sample_data = _base_network(FLOWS[name][0], unit_time=True)
+    return net, RectifiedFlow(), shape, sample_data
+
+
+def _load_flow(name: str, weights_dir: Path) -> DiffusionModel:
+    from . import shipped
+
+    net, schedule, shape, sample_data = flow_network(name)
+    net = shipped.load_into(net, name, weights_dir)
+    return _attach_data(DiffusionModel(net, schedule, prediction="flow", sample_shape=shape), sample_data)
 
 
 def base_teacher(name: str) -> str | None:
@@ -312,7 +345,7 @@ def load(name: str, schedule: Union[str, Schedule, None] = None,
     comes from the package)."""
     kind, _, rest = name.partition(":")
     base_name, _, scale = name.partition("=")
-    shipped_model = base_name in SHIPPED or name in STUDENTS
+    shipped_model = base_name in SHIPPED or name in STUDENTS or name in FLOWS
     if weights_dir is not None and not shipped_model:
         raise ValueError(f"weights_dir applies to shipped models and students, not to {name!r}")
     if kind == "gmm" and rest in GMM_PRESETS:
@@ -328,6 +361,8 @@ def load(name: str, schedule: Union[str, Schedule, None] = None,
     directory = Path(weights_dir) if weights_dir is not None else shipped.DIRECTORY
     if name in STUDENTS:
         return _load_student(name, directory)
+    if name in FLOWS:
+        return _load_flow(name, directory)
     if base_name in SHIPPED:
         if scale and base_name not in ("digits-unet-cfg", "digits-unet-cg"):
             raise ValueError(f"{base_name!r} takes no '=scale'; only digits-unet-cfg and digits-unet-cg do")

@@ -130,7 +130,7 @@ def test_same_arguments_same_grid():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(sampler="euler", nfe=5, method="best"), "unknown grid optimisation method 'best'"),
-    (dict(sampler="edict", nfe=1, method="gits"), "needs nfe >= 2"),
+    (dict(sampler="euler", nfe=0, method="gits"), "nfe must lie in 1.."),
     (dict(sampler="euler_ancestral", nfe=5, method="dp"), "stochastic"),
     (dict(sampler="euler", nfe=5, method="gits", grid="edm"), "drop the grid option"),
     (dict(sampler="dpm_adaptive", nfe=20, method="gits"), "chooses its own steps"),
@@ -158,7 +158,7 @@ def test_cli_grid_writes_json(tmp_path):
 @pytest.mark.parametrize("args", [
     ["gmm:ring8", "--sampler", "euler", "--nfe", "5", "--method", "best"],
     ["toy2d-moons", "--sampler", "euler", "--nfe", "5", "--method", "exact"],
-    ["gmm:ring8", "--sampler", "edict", "--nfe", "1", "--method", "gits"],
+    ["gmm:ring8", "--sampler", "euler", "--nfe", "0", "--method", "gits"],
     ["gmm:ring8", "--sampler", "euler", "--nfe", "5", "--method", "gits", "--setting", "fine_steps=two"],
 ])
 def test_cli_grid_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args):
@@ -231,7 +231,7 @@ def test_sweep_reuses_the_cached_grid(tmp_path):
 @pytest.mark.parametrize("grid, model, sampler, nfe, match", [
     ("optimized:best", "gmm:ring8", "euler", "[3]", "unknown method 'best'"),
     ("optimized:exact", "toy2d-moons", "euler", "[3]", "needs a model whose exact PF-ODE solution is known"),
-    ("optimized:gits", "gmm:ring8", "edict", "[1, 4]", "needs nfe >= 2"),
+    ("optimized:gits", "gmm:ring8", "euler", "[0, 4]", "nfe"),
     ("file:{tmp}/up.json", "gmm:ring8", "euler", "[3]", "from high noise to low noise"),
     ("file:{tmp}/out.json", "gmm:ring8", "euler", "[3]", "outside"),
     ("file:{tmp}/long.json", "gmm:ring8", "euler", "[2]", "needs 3 NFE, more than the budget nfe=2"),

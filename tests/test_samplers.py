@@ -96,7 +96,7 @@ def test_heun_budget_conventions():
     model = zoo.load("gmm:ring8", schedule="edm")
     stats = {}
     solvers.sample("heun", model, torch.randn(4, 2), nfe=36, stats=stats)
-    assert stats == {"nfe": 35, "n_steps": 18, "network_passes": 35}  # even budgets: at most N
+    assert stats == {"nfe": 35, "n_steps": 18, "network_passes": 35, "sequential_depth": 35}  # even budgets: at most N
 
 
 def test_rk45_cap_is_enforced_and_reported():

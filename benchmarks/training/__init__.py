@@ -27,7 +27,8 @@ from ..rundir import ensure_writable_directory
 from .base_models import train_classifier, train_digits_unet, train_toy2d
 from .consistency import consistency_distillation, consistency_sigmas, ct_schedule
 from .distillation import PD_WEIGHTINGS, distillation_target, progressive_distillation
-from .quality import digits_unet_quality, student_quality, toy2d_quality
+from .flows import train_rectified_flow, train_reflow
+from .quality import digits_unet_quality, flow_quality, student_quality, toy2d_quality
 from .students import train_consistency, train_distilled
 
 __all__ = ["TRAINABLE", "Trainable", "train", "DEFAULT_OUT", "ensure_writable_directory", "progressive_distillation",
@@ -38,7 +39,7 @@ __all__ = ["TRAINABLE", "Trainable", "train", "DEFAULT_OUT", "ensure_writable_di
 DEFAULT_OUT = Path("trained")
 _TOY_DATA = "toy2d:{} (generated, seeded; score_models.data)"
 _DIGITS_DATA = "sklearn digits"
-KINDS = ("diffusion", "classifier", "student")
+KINDS = ("diffusion", "classifier", "student", "flow")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ TRAINABLE: Dict[str, Trainable] = {
                                 functools.partial(train_consistency, "toy2d-moons", True)),
     "toy2d-moons-ct": Trainable(8000, _TOY_DATA.format("moons"), "student",
                                 functools.partial(train_consistency, "toy2d-moons", False)),
+    # Rectified flows: 1-RF on the data, then reflow (2-RF) from its ODE's pairs.
+    "toy2d-moons-rf": Trainable(6000, _TOY_DATA.format("moons"), "flow", functools.partial(train_rectified_flow, "toy2d-moons-rf")),
+    "toy2d-moons-rf2": Trainable(3000, _TOY_DATA.format("moons"), "flow", functools.partial(train_reflow, "toy2d-moons-rf2")),
 }
 
 
@@ -121,5 +125,7 @@ def train(name: str, steps: Optional[int] = None, seed: int = 0, out_dir: Option
             card["quality"] = digits_unet_quality(weights=out_dir)
         elif spec.kind == "student":
             card["quality"] = student_quality(name, weights=out_dir)
+        elif spec.kind == "flow":
+            card["quality"] = flow_quality(name, weights=out_dir)
         shipped.save(net, card, out_dir)
     return card
