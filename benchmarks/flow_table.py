@@ -19,6 +19,7 @@ from typing import List
 import pandas as pd
 
 
+from .readme_section import replace_section
 from .results import read_results
 
 __all__ = ["flow_table", "MARKERS", "FAMILIES"]
@@ -81,10 +82,7 @@ def main(argv=None) -> int:
     text = flow_table(read_results(Path(args.results)))
     print(text)
     if args.readme:
-        readme = Path(args.readme)
-        content = readme.read_text()
-        start, end = content.index(MARKERS[0]), content.index(MARKERS[1])
-        readme.write_text(content[:start + len(MARKERS[0])] + "\n" + text + "\n" + content[end:])
+        replace_section(Path(args.readme), *MARKERS, text)
     return 0
 
 

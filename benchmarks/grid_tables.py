@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from .readme_section import replace_section
 from .results import read_results, write_atomic
 
 __all__ = ["load_sweep", "build_tables", "main"]
@@ -199,13 +200,6 @@ def build_tables(results: Path) -> tuple[str, str]:
     return "\n".join(full + ["## Summary", ""] + summary), "\n".join(summary)
 
 
-def _replace_section(text: str, body: str) -> str:
-    if START not in text or END not in text:
-        raise ValueError(f"README has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    return head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1]
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grid_tables", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/grids")
@@ -217,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{results / 'tables.md'} written")
     if args.readme:
         readme = Path(args.readme)
-        write_atomic(readme, _replace_section(readme.read_text(), summary))
+        replace_section(readme, START, END, summary)
         print(f"{readme}: grid tables updated")
     return 0
 

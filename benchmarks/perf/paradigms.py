@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 import solvers
+from benchmarks.readme_section import replace_section
 from benchmarks.timing import Stopwatch, resolve_device
 from score_models import zoo
 
@@ -110,10 +111,7 @@ def main(argv=None) -> int:
     (out / "paradigms.md").write_text(text + "\n")
     print(text)
     if args.readme:
-        readme = Path(args.readme)
-        content = readme.read_text()
-        start, end = content.index(MARKERS[0]), content.index(MARKERS[1])
-        readme.write_text(content[:start + len(MARKERS[0])] + "\n" + text + "\n" + content[end:])
+        replace_section(Path(args.readme), *MARKERS, text)
     return 0
 
 
