@@ -26,6 +26,7 @@ PHASE_LABELS = {
     "network_forwards": "sampling: network forwards, estimated as counted NFE x the probed forward time "
                         "(at most the cell's sampling time)",
     "sampler_loop": "sampling: the rest of the sampler loop (noise, grid, updates, copies)",
+    "cuda_graph_capture": "capturing fixed-step samplers as CUDA graphs ([run] cuda_graph), untimed",
     "divergence_rerun": "re-running a diverged batch to find the first non-finite evaluation",
     "reference_solutions": "exact / tight-tolerance reference solutions for solver_error",
     "feature_extraction": "feature extraction for FID/KID (samples and reference sets)",

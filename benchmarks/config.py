@@ -83,6 +83,9 @@ class SweepConfig:
     save_samples: bool = False
     #: torch.compile each model's network (static shapes, compiled at the untimed forward probe)
     compile: bool = False
+    #: replay fixed-step deterministic samplers as one CUDA graph per cell and batch shape
+    #: (captured untimed; other samplers, and any run off CUDA, sample eagerly: solvers/cuda_graph.py)
+    cuda_graph: bool = False
     #: settings of the grid optimisers for grid = "optimized:<method>" (benchmarks/grid_spec.py)
     grid_optimizer: Dict[str, Any] = field(default_factory=dict)
 
@@ -91,7 +94,7 @@ class SweepConfig:
 
 
 _RUN_KEYS = {"grid_optimizer", "name", "nfe", "seeds", "n_samples", "batch_size", "device", "dtype", "metrics", "reference",
-             "save_samples", "compile"}
+             "save_samples", "compile", "cuda_graph"}
 _TOP_KEYS = {"run", "models", "samplers"}
 _MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference", "nfe"}
 _SERIES_KEYS = {"sampler", "options", "nfe", "label", "grids"}
@@ -265,7 +268,7 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
         if unknown:
             raise ConfigError(f"model {m.key!r} names unknown series {unknown}; valid: {', '.join(keys)}")
 
-    for flag in ("save_samples", "compile"):
+    for flag in ("save_samples", "compile", "cuda_graph"):
         if not isinstance(run.get(flag, False), bool):
             raise ConfigError(f"[run] {flag} must be true or false, got {run[flag]!r}")
     name = check_name(run["name"], "[run] name") if "name" in run else Path(source).stem
@@ -277,7 +280,8 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
     return SweepConfig(name=name, models=models, samplers=series, nfe=nfe, grid_optimizer=grid_optimizer,
                        seeds=seeds, n_samples=n_samples, batch_size=batch_size, device=device, dtype=dtype,
                        metrics=list(metrics), reference=dict(reference),
-                       save_samples=run.get("save_samples", False), compile=run.get("compile", False))
+                       save_samples=run.get("save_samples", False), compile=run.get("compile", False),
+                       cuda_graph=run.get("cuda_graph", False))
 
 
 def load_config(path: Optional[str | Path] = None) -> SweepConfig:

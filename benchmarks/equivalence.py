@@ -115,7 +115,7 @@ def diffusers_loop(scheduler: Any, net: Callable[[torch.Tensor, torch.Tensor], t
                    steps: int, **step_kwargs: Any) -> torch.Tensor:
     """diffusers' own denoising loop with a configured scheduler: set_timesteps(steps), start from
     latents x init_noise_sigma, then net(scale_model_input(x, t), t) and step() for each timestep."""
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=latents.device)
     x = latents * scheduler.init_noise_sigma
     with torch.no_grad():
         for t in scheduler.timesteps:

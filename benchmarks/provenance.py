@@ -53,6 +53,8 @@ def metadata(cfg: Any, device: torch.device, skipped: List[str], world_size: int
         "device_name": device_name,
         "torch_threads": torch.get_num_threads(),
         "world_size": world_size,
+        "distributed_backend": (torch.distributed.get_backend() if torch.distributed.is_available()
+                                and torch.distributed.is_initialized() else None),
         "protocol": {
             "n_samples": cfg.n_samples, "batch_size": cfg.batch_size, "seeds": cfg.seeds, "dtype": cfg.dtype,
             "reference": cfg.reference,

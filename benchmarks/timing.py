@@ -24,28 +24,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Stopwatch:
-    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds``."""
+    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds`` (CUDA events on a GPU, the host
+    clock otherwise) and ``sw.wall_seconds`` (the host clock from the synchronised start to the
+    synchronised end, on every device: on a GPU the two should agree)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.seconds = 0.0
+        self.wall_seconds = 0.0
 
     def __enter__(self) -> "Stopwatch":
         if self.cuda:
             torch.cuda.synchronize()
             self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self._start.record()
-        else:
-            self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.cuda:
             self._end.record()
             torch.cuda.synchronize()
-            self.seconds = self._start.elapsed_time(self._end) / 1000.0
-        else:
-            self.seconds = time.perf_counter() - self._t0
+        self.wall_seconds = time.perf_counter() - self._t0
+        self.seconds = self._start.elapsed_time(self._end) / 1000.0 if self.cuda else self.wall_seconds
 
 
 def _rss_bytes() -> int:

@@ -194,6 +194,13 @@ class DiffusionModel:
         finally:
             self._counter.stacked = previous
 
+    def count_replayed(self, nfe: int, passes: int, depth: int) -> None:
+        """Add the evaluations of a recorded call replayed without Python (a CUDA graph: the
+        wrapper counted them once, while the call was captured)."""
+        self._counter.nfe += nfe
+        self._counter.passes += passes
+        self._counter.depth += depth
+
     def reset_nfe(self) -> None:
         self._counter.nfe = 0
         self._counter.passes = 0

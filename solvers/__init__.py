@@ -16,8 +16,9 @@ from .sampling import MAX_NFE, sample
 from .optimized_grids import optimize_grid
 from .diffusers_mapping import exact_in_diffusers, from_diffusers
 from .kdiffusion_interface import as_kdiffusion
+from .cuda_graph import GraphedSampler
 
 __all__ = [
     "sample", "available", "aliases", "get", "register", "Alias", "SamplerSpec", "GRID_OPTIONS", "GRIDS", "time_grid", "grids",
-    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid", "from_diffusers", "exact_in_diffusers", "as_kdiffusion",
+    "MAX_NFE", "NFEBudgetExceeded", "optimize_grid", "from_diffusers", "exact_in_diffusers", "as_kdiffusion", "GraphedSampler",
 ]

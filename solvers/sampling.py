@@ -43,7 +43,10 @@ def check_noise(model: DiffusionModel, noise: Any) -> None:
                          f"[batch, {', '.join(map(str, model.sample_shape))}]")
     if noise.dim() < 1 or noise.shape[0] < 1:
         raise ValueError(f"noise needs a batch dimension of at least 1, got shape {tuple(noise.shape)}")
-    if not bool(torch.isfinite(noise).all()):
+    # While a CUDA graph is captured the values are placeholders and reading them back would
+    # break the capture; the graph's runner checks each noise it replays on.
+    capturing = noise.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not capturing and not bool(torch.isfinite(noise).all()):
         raise ValueError("noise holds NaN or Inf")
 
 

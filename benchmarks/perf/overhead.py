@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 import solvers
-from benchmarks.timing import median_seconds
+from benchmarks.timing import Stopwatch, median_seconds, resolve_device
 from score_models import zoo
 
 __all__ = ["overhead_table", "diffusers_table", "rk45_table", "options_table", "compile_table", "median_time"]
@@ -35,40 +35,66 @@ def fixed_step_samplers() -> List[str]:
     return [name for name in solvers.available() if not solvers.get(name).adaptive and not solvers.get(name).exclusive]
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time over ``repeats`` calls after a warm-up (on the CPU clock)."""
-    return median_seconds(fn, torch.device("cpu"), repeats)
+def median_time(fn: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    """Median time over ``repeats`` calls after a warm-up (CUDA events on a GPU, else the CPU clock)."""
+    return median_seconds(fn, device, repeats)
 
 
-def _models() -> Dict[str, tuple]:
-    return {"digits-unet (batch 256)": (zoo.load("digits-unet"), 256),
-            "toy2d-moons MLP (batch 4096)": (zoo.load("toy2d-moons"), 4096)}
+def _models(device: torch.device) -> Dict[str, tuple]:
+    return {"digits-unet (batch 256)": (zoo.load("digits-unet").to(device), 256),
+            "toy2d-moons MLP (batch 4096)": (zoo.load("toy2d-moons").to(device), 4096)}
 
 
-def overhead_table(nfe: int = 20, repeats: int = 5, samplers: Optional[Sequence[str]] = None) -> List[Dict]:
+def _noise(model, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def overhead_table(nfe: int = 20, repeats: int = 5, samplers: Optional[Sequence[str]] = None,
+                   device: torch.device = torch.device("cpu")) -> List[Dict]:
+    """Per sampler: sampling time over (counted NFE x one forward), with the device's clock
+    (CUDA events on a GPU) and the host's wall clock side by side; on a GPU also the time of the
+    same call replayed as a CUDA graph (solvers.GraphedSampler) where the sampler qualifies."""
+    from solvers.cuda_graph import GraphedSampler, graph_refusal
+
     samplers = fixed_step_samplers() if samplers is None else samplers
     rows = []
-    for label, (model, batch) in _models().items():
-        noise = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
-        t_mid = 0.5 * (model.schedule.t_min + model.schedule.t_max)
+    for label, (model, batch) in _models(device).items():
+        noise = _noise(model, batch, device)
+        t_mid = torch.full((batch,), 0.5 * (model.schedule.t_min + model.schedule.t_max), device=device)
         for name in samplers:
             stats: Dict = {}
             with torch.inference_mode():
-                solvers.sample(name, model, noise, nfe=nfe, stats=stats, generator=torch.Generator().manual_seed(0))
+                eager = solvers.sample(name, model, noise, nfe=nfe, stats=stats, generator=torch.Generator().manual_seed(0))
             counted = stats["nfe"]
-            sample_times, forward_times = [], []
+            graphed = None
+            if graph_refusal(name, {}, device) is None:
+                with torch.inference_mode():
+                    graphed = GraphedSampler(name, model, noise, nfe=nfe)
+            sample_times, wall_times, forward_times, graph_times = [], [], [], []
             with torch.inference_mode():
-                for _ in range(repeats + 1):
-                    g = torch.Generator().manual_seed(0)
-                    t0 = time.perf_counter()
-                    solvers.sample(name, model, noise, nfe=nfe, generator=g)
-                    sample_times.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    for _ in range(counted):
-                        model.net(noise, torch.full((batch,), t_mid))
-                    forward_times.append(time.perf_counter() - t0)
-            s, f = statistics.median(sample_times[1:]), statistics.median(forward_times[1:])
-            rows.append(dict(model=label, sampler=name, nfe=counted, sample_s=s, forwards_s=f, ratio=s / f))
+                for round_ in range(repeats + 1):  # interleaved; the first round warms up
+                    with Stopwatch(device) as sw:
+                        solvers.sample(name, model, noise, nfe=nfe, generator=torch.Generator().manual_seed(0))
+                    with Stopwatch(device) as fw:
+                        for _ in range(counted):
+                            model.net(noise, t_mid)
+                    if graphed is not None:
+                        with Stopwatch(device) as gw:
+                            replayed = graphed(noise)
+                    if round_:
+                        sample_times.append(sw.seconds)
+                        wall_times.append(sw.wall_seconds)
+                        forward_times.append(fw.seconds)
+                        if graphed is not None:
+                            graph_times.append(gw.seconds)
+            s, f = statistics.median(sample_times), statistics.median(forward_times)
+            row = dict(model=label, sampler=name, nfe=counted, sample_s=s, forwards_s=f, ratio=s / f,
+                       wall_over_event=statistics.median(wall_times) / s)
+            if graphed is not None:
+                g = statistics.median(graph_times)
+                row.update(graph_s=g, graph_speedup=s / g,
+                           graph_max_diff=float((replayed - eager).abs().max()))
+            rows.append(row)
     return rows
 
 
@@ -92,24 +118,24 @@ DIFFUSERS_CASES = [
 ]
 
 
-def diffusers_table(steps: int = 20, repeats: int = 5) -> List[Dict]:
+def diffusers_table(steps: int = 20, repeats: int = 5, device: torch.device = torch.device("cpu")) -> List[Dict]:
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
     train_config = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                         clip_sample=False)
     rows = []
-    for label, (model, batch) in _models().items():
+    for label, (model, batch) in _models(device).items():
         if not label.startswith("digits"):
             continue
-        latents = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
+        latents = _noise(model, batch, device)
         for case, cls, config, ours, options in DIFFUSERS_CASES:
             spec = solvers.get(ours)
             nfe = spec.count(steps, True, options)
             with torch.inference_mode():
-                t_ours = median_time(lambda: solvers.sample(ours, model, latents, nfe=nfe, **options), repeats)
+                t_ours = median_time(lambda: solvers.sample(ours, model, latents, nfe=nfe, **options), repeats, device)
                 t_theirs = median_time(lambda: _diffusers_run(cls, config, steps, model.net, latents, train_config),
-                                       repeats)
+                                       repeats, device)
             rows.append(dict(model=label, scheduler=case, sampler=ours, steps=steps, nfe=nfe, ours_s=t_ours,
                              diffusers_s=t_theirs, ratio=t_ours / t_theirs))
     return rows
@@ -182,25 +208,26 @@ def options_table(nfe: int = 20, repeats: int = 5) -> List[Dict]:
     return rows
 
 
-def compile_table(nfe: int = 20, repeats: int = 5) -> List[Dict]:
+def compile_table(nfe: int = 20, repeats: int = 5, device: torch.device = torch.device("cpu")) -> List[Dict]:
     """torch.compile of the network (inductor, static shapes) against eager, dpm_solver at ``nfe``
     on both shipped architectures: steady-state sampling time, the one-off compile time and the
     largest difference of the samples."""
-    import time
 
     rows = []
     for name, batch in (("toy2d-moons", 4096), ("digits-unet", 256)):
-        model = zoo.load(name)
-        noise = torch.randn((batch,) + model.sample_shape, generator=torch.Generator().manual_seed(0))
+        model = zoo.load(name).to(device)
+        noise = _noise(model, batch, device)
         run = lambda: solvers.sample("dpm_solver", model, noise, nfe=nfe)
         with torch.inference_mode():
             eager_out = run()
-            eager_s = median_time(run, repeats)
+            eager_s = median_time(run, repeats, device)
             model.net = torch.compile(model.net, dynamic=False)
             start = time.perf_counter()
             compiled_out = run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             first_s = time.perf_counter() - start
-            compiled_s = median_time(run, repeats)
+            compiled_s = median_time(run, repeats, device)
         rows.append(dict(model=name, batch=batch, nfe=nfe, eager_s=eager_s, compiled_s=compiled_s,
                          speedup=eager_s / compiled_s, compile_s=first_s - compiled_s,
                          max_diff=float((compiled_out - eager_out).abs().max())))
@@ -218,27 +245,45 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nfe", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (the rk45 and loop-option tables stay on the CPU)")
     parser.add_argument("--out", help="also write overhead.md there")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    over = overhead_table(args.nfe, args.repeats)
-    text = ["## Loop overhead: sampling time / (NFE x one forward)", "",
-            _markdown(over, ["model", "sampler", "nfe", "sample_s", "forwards_s", "ratio"]), "",
+    over = overhead_table(args.nfe, args.repeats, device=device)
+    columns = ["model", "sampler", "nfe", "sample_s", "forwards_s", "ratio", "wall_over_event"]
+    if device.type == "cuda":
+        columns += ["graph_s", "graph_speedup", "graph_max_diff"]
+        for row in over:
+            row.setdefault("graph_s", "eager only")
+            row.setdefault("graph_speedup", "")
+            row.setdefault("graph_max_diff", "")
+    text = [f"Device: {_device_name(device)}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}", "",
+            "## Loop overhead: sampling time / (NFE x one forward)", "",
+            _markdown(over, columns), "",
             "## Against diffusers' scheduler loops (same network, same NFE)", "",
-            _markdown(diffusers_table(args.nfe, args.repeats),
+            _markdown(diffusers_table(args.nfe, args.repeats, device),
                       ["model", "scheduler", "sampler", "nfe", "ours_s", "diffusers_s", "ratio"]), "",
-            "## rk45: nfebench vs torchdiffeq.odeint direct vs scipy solve_ivp (same ODE and tolerance)", "",
+            "## rk45: nfebench vs torchdiffeq.odeint direct vs scipy solve_ivp (same ODE and tolerance, CPU)", "",
             _markdown(rk45_table(), ["solver", "tol", "nfe", "seconds", "max_diff_vs_nfebench"]), "",
-            "## Loop options on the toy2d MLP (dpm_solver, batch 4096)", "",
+            "## Loop options on the toy2d MLP (dpm_solver, batch 4096, CPU)", "",
             _markdown(options_table(args.nfe, args.repeats), ["mode", "cache_times", "nfe", "seconds", "speedup"]), "",
             "## torch.compile of the network (dpm_solver)", "",
-            _markdown(compile_table(args.nfe, args.repeats),
+            _markdown(compile_table(args.nfe, args.repeats, device),
                       ["model", "batch", "nfe", "eager_s", "compiled_s", "speedup", "compile_s", "max_diff"])]
     report = "\n".join(text) + "\n"
     print(report)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "overhead.md").write_text(report)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from ..results import ResultRow, safe_file_name, write_bytes_atomic
 from ..timing import PeakMemory, Stopwatch, median_seconds
 from .cells import Cell, all_batches, batch_generator
 from .optimized_grids import series_options
+from solvers.cuda_graph import GraphedSampler, graph_refusal
 
 __all__ = ["RunContext", "BatchResult", "run_cell", "compile_network", "load_model"]
 
@@ -159,19 +160,40 @@ def load_model(ctx: RunContext, spec: ModelSpec) -> DiffusionModel:
     return ctx.models[spec.key]
 
 
-def _sample_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int, size: int
-                  ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+def _sample_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int, size: int,
+                  graphed: Optional[GraphedSampler] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     noise = torch.randn((size,) + model.sample_shape, generator=batch_generator(cell.seed, index, 0))
     noise = noise.to(device=ctx.device, dtype=ctx.dtype)
     stats: Dict[str, Any] = {}
+    if graphed is not None:
+        return noise, graphed(noise, stats=stats), stats
     out = solvers.sample(cell.series.sampler, model, noise, nfe=cell.nfe_budget,
                          generator=batch_generator(cell.seed, index, 1), stats=stats, **series_options(ctx, model, cell))
     return noise, out, stats
 
 
+def _graph_for(ctx: RunContext, model: DiffusionModel, cell: Cell, size: int) -> Optional[GraphedSampler]:
+    """The cell's sampler captured as a CUDA graph for batches of ``size`` (``[run] cuda_graph``),
+    or None where it samples eagerly. Captured untimed, once per series, budget and batch size;
+    only the latest capture is kept, so graphs' memory pools do not pile up over a sweep."""
+    options = series_options(ctx, model, cell)
+    if not ctx.cfg.cuda_graph or graph_refusal(cell.series.sampler, options, ctx.device) is not None:
+        return None
+    key = (cell.model.key, cell.series.key, cell.nfe_budget, size)
+    held = ctx.cache.get("cuda_graph")
+    if held is None or held[0] != key:
+        ctx.cache.pop("cuda_graph", None)
+        with phase("cuda_graph_capture"), torch.inference_mode():
+            example = torch.zeros((size,) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
+            ctx.cache["cuda_graph"] = (key, GraphedSampler(cell.series.sampler, model, example,
+                                                           nfe=cell.nfe_budget, **options))
+    return ctx.cache["cuda_graph"][1]
+
+
 def _run_batch(ctx: RunContext, model: DiffusionModel, cell: Cell, index: int, size: int) -> BatchResult:
+    graphed = _graph_for(ctx, model, cell, size)
     with phase("sampler_loop"), torch.inference_mode(), PeakMemory(ctx.device) as mem, Stopwatch(ctx.device) as sw:
-        noise, out, stats = _sample_batch(ctx, model, cell, index, size)
+        noise, out, stats = _sample_batch(ctx, model, cell, index, size, graphed)
     return BatchResult(index, size, noise.cpu(), out.cpu(), stats["nfe"], stats["network_passes"],
                        stats["sequential_depth"], sw.seconds,
                        mem.mb, bool(torch.isfinite(out).all()))
