@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 __all__ = ["TimeBudget", "BUDGET", "phase", "PHASE_LABELS", "budget_table"]
 

@@ -35,6 +35,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def model_fingerprint(model: Any) -> str:
+    """A digest of what a model computes with: its network's parameters, or the tensors that
+    define a closed-form model (an exact mixture's weights, means and covariances), and its
+    schedule. Equal fingerprints give equal outputs for equal inputs on the same device."""
+    owner = getattr(model, "base", model)
+    digest = hashlib.sha256(repr(getattr(owner, "schedule", "")).encode())
+    net = getattr(owner, "net", None)
+    if isinstance(net, torch.nn.Module):
+        tensors = sorted(net.state_dict().items())
+    else:
+        tensors = sorted((k, v) for k, v in vars(owner).items() if isinstance(v, torch.Tensor))
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def config_hash(config: Dict[str, Any]) -> str:
     """A stable hash of a config (as SweepConfig.to_dict() gives it); kept in metadata.json so a
     resume can tell whether the same config wrote a run directory."""

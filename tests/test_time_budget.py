@@ -143,3 +143,25 @@ def test_jobs_must_be_positive(tmp_path, capsys):
     assert main(["run", str(config), "--out", str(tmp_path / "run"), "--jobs", "0", "--quiet"]) == 2
     assert "--jobs must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_reference_solutions_are_solved_once_and_read_back_from_disk(tmp_path, monkeypatch):
+    from benchmarks.metrics.solver_error import SolverError
+
+    cfg = small_config(reference={"rtol": 1e-2, "cache_dir": str(tmp_path / "cache")})
+    first = run_sweep(cfg, tmp_path / "first", progress=False)
+    saved = sorted((tmp_path / "cache" / "solutions").glob("solution-*.pt"))
+    # one per model x seed x batch: 2 models, 2 seeds, 2 batches (the samplers and NFE share them)
+    assert len(saved) == 8
+
+    def must_not_solve(self, *args):
+        raise AssertionError("a reference solution was solved again")
+
+    monkeypatch.setattr(SolverError, "_solve", must_not_solve)
+    second = run_sweep(cfg, tmp_path / "second", progress=False)
+    pd.testing.assert_frame_equal(first[EXACT], second[EXACT])
+    # a damaged file is solved again, not a failed cell
+    saved[0].write_bytes(b"not a tensor file")
+    monkeypatch.undo()
+    third = run_sweep(cfg, tmp_path / "third", progress=False)
+    pd.testing.assert_frame_equal(first[EXACT], third[EXACT])

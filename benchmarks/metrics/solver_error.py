@@ -1,6 +1,16 @@
-"""``solver_error``: the endpoint error against the exact PF-ODE solution from the same noise."""
+"""``solver_error``: the endpoint error against the exact PF-ODE solution from the same noise.
+
+A reference solution depends only on the model, the noise and the time span, not on the sampler,
+so it is solved once per run and kept on disk (``solutions/`` in the reference cache directory,
+keyed by a digest of the model's weights or closed form, the noise's bytes, the span, the
+tolerance, dtype and device type): later runs, and the other worker processes of ``--jobs``,
+read it instead of solving again (a file lock makes the workers wait for the one solving)."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import io
+import json
 import math
 from typing import Dict
 
@@ -8,9 +18,16 @@ import torch
 
 import solvers
 from score_models.analytic import GaussianMixture
+from score_models.weights import load_tensors
 
 from ..budget import phase
+from ..provenance import model_fingerprint
+from ..results import write_bytes_atomic
 from .base import CellInfo, Metric, register_metric
+from .features import cache_dir
+
+#: Bumped when the way references are solved changes, so that cached solutions are solved again.
+SOLUTION_CACHE_VERSION = 1
 
 __all__ = ["SolverError"]
 
@@ -37,8 +54,35 @@ class SolverError(Metric):
         key = ("ode_reference", cell.model_key, cell.seed, batch_index, noise.shape[0], t_max, t_end, rtol)
         if key not in cell.cache:
             with phase("reference_solutions"):
-                cell.cache[key] = self._solve(noise, to_zero, t_max, t_end, rtol)
+                cell.cache[key] = self._cached_solve(noise, to_zero, t_max, t_end, rtol)
         return cell.cache[key]
+
+    def _cached_solve(self, noise: torch.Tensor, to_zero: bool, t_max: float, t_end: float, rtol: float) -> torch.Tensor:
+        cell = self.cell
+        exact = isinstance(cell.model, GaussianMixture)
+        fingerprint_key = ("model_fingerprint", cell.model_key)
+        if fingerprint_key not in cell.cache:
+            cell.cache[fingerprint_key] = model_fingerprint(cell.model)
+        identity = {"version": SOLUTION_CACHE_VERSION, "model": cell.model_key, "weights": cell.cache[fingerprint_key],
+                    "noise": hashlib.sha256(noise.contiguous().numpy().tobytes()).hexdigest(),
+                    "shape": list(noise.shape), "dtype": str(noise.dtype), "t_max": t_max, "t_end": t_end,
+                    "to_zero": to_zero, "solver": "exact" if exact else f"rk45 rtol=atol={rtol}",
+                    "device": "cpu" if exact else cell.device.type, "torch": torch.__version__.split("+")[0]}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+        path = cache_dir(cell.reference) / "solutions" / f"solution-{digest}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():
+                try:
+                    return load_tensors(path)
+                except ValueError:  # a damaged file is solved again and replaced
+                    pass
+            solution = self._solve(noise, to_zero, t_max, t_end, rtol)
+            buffer = io.BytesIO()
+            torch.save(solution, buffer)
+            write_bytes_atomic(path, buffer.getvalue())
+        return solution
 
     def _solve(self, noise: torch.Tensor, to_zero: bool, t_max: float, t_end: float, rtol: float) -> torch.Tensor:
         cell = self.cell

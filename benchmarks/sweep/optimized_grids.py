@@ -16,6 +16,7 @@ from score_models.parameterization import DiffusionModel
 
 from ..grid_spec import grid_kind, load_grid_file, method_settings, options_without_special_grid
 from ..metrics.features import cache_dir
+from ..provenance import model_fingerprint
 from ..results import write_atomic
 from .cells import Cell
 
@@ -25,21 +26,9 @@ __all__ = ["series_options", "optimized_grid_metadata", "resolve_grid"]
 CACHE_VERSION = 1
 
 
-def _fingerprint(model: DiffusionModel) -> str:
-    """A digest of the model's network parameters (empty for an exact mixture's closed form)."""
-    owner = getattr(model, "base", model)
-    digest = hashlib.sha256()
-    net = getattr(owner, "net", None)
-    if isinstance(net, torch.nn.Module):
-        for name, tensor in sorted(net.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _identity(ctx: Any, model: DiffusionModel, cell: Cell, method: str) -> Dict[str, Any]:
     return {"version": CACHE_VERSION, "model": cell.model.name, "model_schedule": cell.model.schedule,
-            "schedule": model.schedule.name, "weights": _fingerprint(model), "sampler": cell.series.sampler,
+            "schedule": model.schedule.name, "weights": model_fingerprint(model), "sampler": cell.series.sampler,
             "options": options_without_special_grid(cell.series.options), "nfe": cell.nfe_budget, "method": method,
             "settings": method_settings(method, ctx.cfg.grid_optimizer)}
 
