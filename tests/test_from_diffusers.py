@@ -162,3 +162,20 @@ def test_edm_final_sigma_min_is_flagged():
     scheduler = diffusers.EDMDPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
     assert "zero-length" in solvers.exact_in_diffusers(scheduler, 10)
     assert solvers.exact_in_diffusers(diffusers.EDMDPMSolverMultistepScheduler(), 10) is None
+
+
+def test_the_cost_table_agrees_with_exact_in_diffusers():
+    """Where exact_in_diffusers says the mapping reproduces diffusers, the cost table's two runs
+    coincide; where it names a difference, they part by far more than round-off."""
+    from benchmarks.diffusers_costs import cost_table
+
+    rows = cost_table(steps=[10], n=4)
+    assert len(rows) == 8
+    for row in rows:
+        assert row["diffusers_error"] > 0 and row["nfebench_error"] > 0
+        if row["exact_in_diffusers"] and row["difference"].startswith("init_noise"):
+            assert row["rms_difference"] < 1e-4  # only the start scale differs: sigma(999) vs 1
+        elif row["exact_in_diffusers"]:
+            assert row["rms_difference"] < 1e-6, row
+        else:
+            assert row["rms_difference"] > 1e-4, row
