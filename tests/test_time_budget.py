@@ -165,3 +165,40 @@ def test_reference_solutions_are_solved_once_and_read_back_from_disk(tmp_path, m
     monkeypatch.undo()
     third = run_sweep(cfg, tmp_path / "third", progress=False)
     pd.testing.assert_frame_equal(first[EXACT], third[EXACT])
+
+
+def test_the_reference_side_of_each_distance_is_computed_once_per_model(tmp_path, monkeypatch):
+    from benchmarks.metrics import distances
+
+    calls = []
+    for cls in (distances.MMD, distances.SlicedWasserstein):
+        real = cls.reference
+        monkeypatch.setattr(cls, "reference", staticmethod(lambda y, real=real, cls=cls: calls.append(cls) or real(y)))
+    df = run_sweep(small_config(), tmp_path / "run", progress=False)
+    assert len(df) == 16 and calls.count(distances.MMD) == 2 and calls.count(distances.SlicedWasserstein) == 2
+
+
+def test_mmd_and_sliced_w2_equal_their_definitions():
+    import itertools
+    import math
+
+    import numpy as np
+    import torch
+
+    from benchmarks.metrics.distances import mmd_rbf, sliced_wasserstein
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 3, generator=g, dtype=torch.float64) + 0.3
+    X, Y = x.numpy(), y.numpy()
+    # the bandwidth is torch.median's median: the lower middle value of an even count
+    distances_yy = sorted(np.linalg.norm(Y[i] - Y[j]) for i, j in itertools.combinations(range(12), 2))
+    h = distances_yy[(len(distances_yy) - 1) // 2]
+    k = lambda a, b: math.exp(-np.sum((a - b) ** 2) / (2 * h * h))
+    pairs = [(i, j) for i in range(12) for j in range(12) if i != j]
+    expected = (sum(k(X[i], X[j]) for i, j in pairs) / len(pairs) + sum(k(Y[i], Y[j]) for i, j in pairs) / len(pairs)
+                - 2 * np.mean([k(a, b) for a in X for b in Y]))
+    assert mmd_rbf(x, y) == pytest.approx(expected, rel=1e-12)
+    dirs = torch.randn(3, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dirs /= dirs.norm(dim=0, keepdim=True)
+    per_direction = [np.mean((np.sort(X @ d) - np.sort(Y @ d)) ** 2) for d in dirs.numpy().T]
+    assert sliced_wasserstein(x, y) == pytest.approx(math.sqrt(np.mean(per_direction)), rel=1e-12)

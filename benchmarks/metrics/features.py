@@ -26,12 +26,22 @@ INCEPTION_ENV = "NFEBENCH_INCEPTION_WEIGHTS"
 CACHE_ENV = "NFEBENCH_CACHE"
 
 
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's formula)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+def feature_statistics(features: torch.Tensor) -> Dict[str, Any]:
+    """Mean and covariance of a feature set, as torch-fidelity's FID takes them."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    value = fid_statistics_to_metric(fid_features_to_statistics(features_a.double().cpu()),
-                                     fid_features_to_statistics(features_b.double().cpu()), verbose=False)
+    return fid_features_to_statistics(features.double().cpu())
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: Optional[torch.Tensor],
+                     statistics_b: Optional[Dict[str, Any]] = None) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's formula);
+    ``statistics_b``: features_b's :func:`feature_statistics`, when already computed."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    value = fid_statistics_to_metric(feature_statistics(features_a),
+                                     statistics_b if statistics_b is not None else feature_statistics(features_b),
+                                     verbose=False)
     return float(value["frechet_inception_distance"])
 
 
@@ -184,7 +194,11 @@ class FID(_FeatureDistance):
         if not self.applies:
             return {"fid": math.nan}
         x = torch.cat(self.features)
-        return {"fid": frechet_distance(x, self.reference_features(int(self.cell.reference.get("n_data", len(x)))))}
+        n = int(self.cell.reference.get("n_data", len(x)))
+        key = ("reference_statistics", self.cell.model_key, self.extractor_name, self.layer, n)
+        if key not in self.cell.cache:  # the reference side once per model, not per cell
+            self.cell.cache[key] = feature_statistics(self.reference_features(n))
+        return {"fid": frechet_distance(x, None, self.cell.cache[key])}
 
 
 @register_metric("kid")
