@@ -88,6 +88,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("grids (grid=; every sampler with grid options takes them):")
     print("\n".join(catalogue.grid_lines()))
     print("models:\n  " + "\n  ".join(zoo.available()))
+    print("  gmm:<preset> and python:<module>:<function> take a schedule; diffusers:<dir> loads a saved\n"
+          "  pipeline, and its scheduler config (timestep_spacing, steps_offset, the last step, the start\n"
+          "  noise) becomes every sampler's default grid, as solvers.from_diffusers maps it")
     print("schedules:\n  " + ", ".join(SCHEDULES))
     print("metrics:\n  " + ", ".join(sorted(METRICS)))
     return 0

@@ -9,7 +9,9 @@
   ``model(x, t).sample``) with the DDPM-family scheduler saved beside it: a pipeline directory
   (model_index.json, ``unet/``, ``scheduler/``) or a model directory with a
   scheduler_config.json. The schedule comes from the scheduler's betas (DiscreteVP), the
-  prediction type from its ``prediction_type``; the schedule argument is ignored.
+  prediction type from its ``prediction_type``; the schedule argument is ignored. The
+  scheduler's config (its class and timestep spacing) becomes the model's ``grid_defaults``
+  (solvers.diffusers_mapping.pipeline_grid_defaults), so samplers visit its timesteps by default.
 
 - Shipped trained networks (package data, trained by ``nfebench train``):
   ``toy2d-{moons,swissroll,8gaussians,checkerboard}`` (MLP eps-nets, VP linear schedule),
@@ -24,10 +26,11 @@
   ``toy2d-moons-cd`` (consistency distillation) and ``toy2d-moons-ct`` (consistency training),
   run with the ``consistency`` sampler.
 - Shipped rectified flows (flow prediction on the straight path x_t = (1 - t) x0 + t eps,
-  schedule ``rectified_flow``; ``nfebench train`` reproduces them): ``toy2d-moons-rf``
-  (1-rectified flow: conditional flow matching on the data, the toy2d MLP architecture) and its
-  reflow student ``toy2d-moons-rf2`` (2-rectified flow: trained on (noise, sample) pairs of the
-  1-RF model's ODE). Every ODE sampler runs them unchanged.
+  schedule ``rectified_flow``; ``nfebench train`` reproduces them): ``toy2d-moons-rf`` and
+  ``digits-rf`` (1-rectified flows: conditional flow matching on the data, the toy2d MLP and the
+  digits UNet architectures) and their reflow students ``toy2d-moons-rf2`` and ``digits-rf2``
+  (2-rectified flows: trained on (noise, sample) pairs of the 1-RF model's ODE). Every ODE sampler
+  runs them unchanged.
 """
 from __future__ import annotations
 
@@ -97,6 +100,8 @@ STUDENTS = tuple(f"{teacher}-pd{n}" for teacher in ("digits-unet", "toy2d-moons"
 FLOWS: Dict[str, tuple] = {
     "toy2d-moons-rf": ("toy2d-moons", None),
     "toy2d-moons-rf2": ("toy2d-moons", "toy2d-moons-rf"),
+    "digits-rf": ("digits-unet", None),
+    "digits-rf2": ("digits-unet", "digits-rf"),
 }
 
 
@@ -332,8 +337,15 @@ def load_diffusers(source: str, device: Union[str, torch.device] = "cpu") -> Dif
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     learned = model_config.get("out_channels", in_ch) == 2 * in_ch
     module.eval().requires_grad_(False).to(device)
-    return DiffusionModel(_DiffusersNet(module), schedule, prediction=prediction, sample_shape=(in_ch, *size),
-                          learned_variance=learned)
+    model = DiffusionModel(_DiffusersNet(module), schedule, prediction=prediction, sample_shape=(in_ch, *size),
+                           learned_variance=learned)
+    # Sample "as diffusers would": the pipeline's scheduler config sets the grid every sampler
+    # gets by default (its mapping lives with the samplers; imported here, when it is needed).
+    from solvers.diffusers_mapping import pipeline_grid_defaults
+
+    model.grid_defaults, model.grid_defaults_note = pipeline_grid_defaults(dict(sched_config))
+    model.scheduler_class = sched_config.get("_class_name")
+    return model
 
 
 def load(name: str, schedule: Union[str, Schedule, None] = None,

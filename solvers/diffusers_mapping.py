@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-__all__ = ["from_diffusers", "exact_in_diffusers", "SCHEDULERS", "Family", "SchedulerMapping", "scheduler_config"]
+__all__ = ["from_diffusers", "exact_in_diffusers", "pipeline_grid_defaults", "SCHEDULERS", "Family", "SchedulerMapping", "scheduler_config"]
 
 
 @dataclass(frozen=True)
@@ -314,6 +314,8 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family) -> Dict[str
         options["to_zero"] = False
     if family.start == "sigma_space":
         options["start_noise"] = "unit_data" if (spacing == "leading" and sigma_grid is None) else "sigma"
+    if name == "DDPMScheduler":
+        options["to_zero"] = True  # DDPM's last step always lands on the data
     return options
 
 
@@ -346,14 +348,34 @@ def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str
         sampler, options = "plms", {"warmup": "improved_euler"}
     options.update({allowed[k]: v for k, v in step_arguments.items()})
     options.update(_grid_options(name, config, mapping.family))
-    if name == "DDPMScheduler":
-        options["to_zero"] = True
     from .registry import get
 
     spec = get(sampler)
     options = {k: v for k, v in options.items() if k in spec.options}  # a student sampler has no grid options
     spec.check_options(options)
     return sampler, options
+
+
+def pipeline_grid_defaults(scheduler: Any) -> Tuple[Dict[str, Any], Optional[str]]:
+    """(grid options, note): the grid part of :func:`from_diffusers`' mapping (timestep spacing,
+    steps_offset, where the last step ends, how the latents are scaled), which a model loaded
+    from a diffusers pipeline declares as its ``grid_defaults``, so that any sampler run on it
+    visits the timesteps the pipeline's scheduler would. The grid does not depend on the values
+    the sampler mapping may refuse (``clip_sample``, ``thresholding``); the note names such a
+    refusal, or why there are no defaults (a class without a mapping), else it is None."""
+    try:
+        name, config = scheduler_config(scheduler)
+    except ValueError as e:
+        return {}, str(e)
+    mapping = SCHEDULERS.get(name)
+    if mapping is None:
+        return {}, f"diffusers scheduler {name!r} has no nfebench mapping: samplers use their own default grids"
+    try:
+        from_diffusers(config)
+        note = None
+    except ValueError as e:
+        note = f"grid defaults from {name}; its sampler mapping refuses: {e}"
+    return _grid_options(name, config, mapping.family), note
 
 
 def exact_in_diffusers(scheduler: Any, num_inference_steps: int) -> Optional[str]:

@@ -23,6 +23,9 @@ from .rules import Rule
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
 GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset", "discard_penultimate",
                 "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold", "drop_last_timestep", "start_noise")
+#: The grid options that shape the grid (as opposed to where it ends, to_zero, and how the noise
+#: starts, start_noise): a grid the caller names replaces a model's declared shape as a whole.
+GRID_SHAPE_OPTIONS = tuple(o for o in GRID_OPTIONS if o not in ("to_zero", "start_noise"))
 #: Arguments every sampler function takes and that are not user options.
 _POSITIONAL = ("model", "x_T", "times")
 _PLUMBING = ("generator", "max_nfe", "stats")
@@ -137,9 +140,15 @@ class SamplerSpec:
 
     def grid_settings(self, options: Dict[str, Any], model: Any = None) -> Dict[str, Any]:
         """The grid options in ``options`` over the ones the model declares (``grid_defaults``:
-        a consistency model's chain ends at sigma_min, not 0), restricted to this sampler's."""
-        declared = getattr(model, "grid_defaults", {}) if model is not None else {}
-        merged = {**declared, **self.fixed, **options}
+        a consistency model's chain ends at sigma_min, not 0; a diffusers pipeline's scheduler
+        spaces its timesteps), restricted to this sampler's. A grid or spacing the caller names
+        replaces the model's whole grid shape (its grid or spacing and their parameters); where
+        the grid ends and how the noise starts still default to the model's."""
+        declared = dict(getattr(model, "grid_defaults", {}) if model is not None else {})
+        given = {**self.fixed, **options}
+        if "grid" in given or "spacing" in given:
+            declared = {k: v for k, v in declared.items() if k not in GRID_SHAPE_OPTIONS}
+        merged = {**declared, **given}
         return {k: merged[k] for k in self.grid_options if k in merged}
 
     def ends_at_data(self, options: Dict[str, Any], model: Any = None) -> bool:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import solvers
+from score_models import zoo
 from benchmarks.equivalence import SCHEDULER_CASES, make_tiny_pipeline, run_scheduler, scheduler_case_label
 from solvers.diffusers_mapping import SCHEDULERS
 
@@ -179,3 +180,33 @@ def test_the_cost_table_agrees_with_exact_in_diffusers():
             assert row["rms_difference"] < 1e-6, row
         else:
             assert row["rms_difference"] > 1e-4, row
+
+
+def test_a_loaded_pipeline_samples_as_its_scheduler_would_with_no_options(tmp_path):
+    """zoo.load("diffusers:DIR") declares its scheduler's grid: ddim with no grid options equals
+    diffusers' own DDIM loop with the saved config; a grid the caller names replaces it."""
+    from benchmarks.equivalence import _network, diffusers_loop, make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(tmp_path / "pipe")
+    base = diffusers.DDPMScheduler.load_config(pipe, subfolder="scheduler")
+    config = {**base, "timestep_spacing": "trailing", "clip_sample": False, "set_alpha_to_one": False}
+    diffusers.DDIMScheduler.from_config(config).save_config(pipe / "scheduler")
+    model, net = _network(pipe, "unet", torch.float64)
+    assert model.grid_defaults == {"spacing": "trailing", "to_zero": False} and model.grid_defaults_note is None
+    latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = diffusers_loop(diffusers.DDIMScheduler.from_pretrained(pipe, subfolder="scheduler"), net, latents, 10)
+    with torch.inference_mode():
+        ours = solvers.sample("ddim", model, latents, nfe=10)
+        other = solvers.sample("ddim", model, latents, nfe=10, grid="edm")
+    assert float((ours - theirs).abs().max()) <= 1e-5 * float(theirs.abs().max())
+    assert float((other - theirs).abs().max()) > 1e-3 * float(theirs.abs().max())
+
+
+def test_a_pipeline_whose_scheduler_has_no_mapping_loads_with_the_reason(tmp_path):
+    from benchmarks.equivalence import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(tmp_path / "pipe")
+    model = zoo.load(f"diffusers:{pipe}")
+    # DDPM's grid is still read; clip_sample=True is what the sampler mapping refuses
+    assert model.grid_defaults == {"spacing": "leading", "to_zero": True}
+    assert "clip_sample=True" in model.grid_defaults_note
