@@ -37,6 +37,8 @@ FAMILIES = {
     ]),
     "digits": ("fid", [
         ("diffusion teacher (best ODE sampler)", ["digits-unet"]),
+        ("1-rectified flow", ["digits-rf"]),
+        ("2-rectified flow (reflow)", ["digits-rf2"]),
         ("progressive distillation", [f"digits-unet-pd{n}" for n in (1, 2, 4, 8)]),
         ("consistency distillation", ["digits-unet-cd"]),
     ]),
