@@ -84,7 +84,7 @@ TRAINABLE: Dict[str, Trainable] = {
     "toy2d-moons-rf": Trainable(6000, _TOY_DATA.format("moons"), "flow", functools.partial(train_rectified_flow, "toy2d-moons-rf")),
     "toy2d-moons-rf2": Trainable(3000, _TOY_DATA.format("moons"), "flow", functools.partial(train_reflow, "toy2d-moons-rf2")),
     "digits-rf": Trainable(10000, _DIGITS_DATA, "flow", functools.partial(train_rectified_flow, "digits-rf")),
-    "digits-rf2": Trainable(5000, _DIGITS_DATA, "flow", functools.partial(train_reflow, "digits-rf2")),
+    "digits-rf2": Trainable(3000, _DIGITS_DATA, "flow", functools.partial(train_reflow, "digits-rf2")),
 }
 
 

@@ -31,7 +31,7 @@ __all__ = ["FLOW_SETTINGS", "train_rectified_flow", "train_reflow", "reflow_pair
 #: draws them.
 FLOW_SETTINGS: Dict[str, Dict[str, Any]] = {
     "toy2d-moons": dict(batch_size=1024, lr=2e-3, ema=0.999, reflow_pairs=10_000, reflow_tol=1e-4),
-    "digits-unet": dict(batch_size=128, lr=1e-3, ema=0.999, reflow_pairs=10_000, reflow_tol=1e-4),
+    "digits-unet": dict(batch_size=128, lr=1e-3, ema=0.999, reflow_pairs=4_000, reflow_tol=1e-4),
 }
 
 
