@@ -25,7 +25,7 @@ import torch
 
 import solvers
 from benchmarks.equivalence import _network, _quiet_diffusers, diffusers_loop, make_tiny_pipeline
-from benchmarks.readme_section import replace_section
+from benchmarks.readme_section import publish_table
 
 __all__ = ["COST_CASES", "cost_table", "MARKERS"]
 
@@ -113,14 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--readme")
     args = parser.parse_args(argv)
     df = pd.DataFrame(cost_table(args.steps, args.n))
-    text = markdown(df)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "costs.csv", index=False)
-    (out / "costs.md").write_text(text + "\n")
-    print(text)
-    if args.readme:
-        replace_section(Path(args.readme), *MARKERS, text)
+    publish_table(Path(args.out), "costs", df, markdown(df), args.readme, MARKERS)
     return 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .results import write_atomic
 
-__all__ = ["replace_section"]
+__all__ = ["replace_section", "publish_table"]
 
 
 def replace_section(path: Path, begin: str, end: str, body: str) -> bool:
@@ -21,3 +21,15 @@ def replace_section(path: Path, begin: str, end: str, body: str) -> bool:
     if new != text:
         write_atomic(path, new)
     return new != text
+
+
+def publish_table(out_dir: Path, stem: str, table, text: str, readme=None, markers=None) -> None:
+    """Write a measured table as ``<stem>.csv`` (a pandas DataFrame) and ``<stem>.md`` into
+    ``out_dir``, print the markdown, and with ``readme`` put it between ``markers`` there."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.md").write_text(text + "\n")
+    print(text)
+    if readme:
+        replace_section(Path(readme), *markers, text)

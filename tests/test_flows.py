@@ -6,6 +6,7 @@
 - every deterministic ODE sampler runs the shipped flows unchanged;
 - 1-RF and reflow training run end to end into a directory and load back.
 """
+import pytest
 import torch
 
 import solvers
@@ -33,8 +34,9 @@ def test_straightness_is_zero_for_straight_paths_and_frame_independent():
     assert max(values) / min(values) < 1.05  # the same trajectories, up to where each schedule starts
 
 
-def test_reflow_straightens_the_shipped_flow():
-    first, second = zoo.load("toy2d-moons-rf"), zoo.load("toy2d-moons-rf2")
+@pytest.mark.parametrize("family", ["toy2d-moons", "digits"])
+def test_reflow_straightens_the_shipped_flow(family):
+    first, second = zoo.load(f"{family}-rf"), zoo.load(f"{family}-rf2")
     noise = torch.randn((300,) + first.sample_shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert straightness(second, noise, steps=32) < 0.5 * straightness(first, noise, steps=32)

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 import solvers
-from benchmarks.readme_section import replace_section
+from benchmarks.readme_section import publish_table
 from benchmarks.timing import Stopwatch, resolve_device
 from score_models import zoo
 
@@ -109,14 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--readme")
     args = parser.parse_args(argv)
     df = pd.DataFrame(paradigms_table(args.steps, args.windows, args.batch, args.repeats, args.device))
-    text = markdown(df, _device_text(args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "paradigms.csv", index=False)
-    (out / "paradigms.md").write_text(text + "\n")
-    print(text)
-    if args.readme:
-        replace_section(Path(args.readme), *MARKERS[resolve_device(args.device).type], text)
+    publish_table(Path(args.out), "paradigms", df, markdown(df, _device_text(args.device)), args.readme,
+                  MARKERS[resolve_device(args.device).type])
     return 0
 
 
