@@ -141,3 +141,40 @@ def test_budget_below_the_minimum_is_refused():
         solvers.invert("edict", model, _data(model, 2), nfe=1)
     with pytest.raises(ValueError, match="nfe must lie in"):
         solvers.invert("heun", model, _data(model, 2), nfe=0)
+
+
+# --- nfebench invert ------------------------------------------------------------------------------
+def test_invert_command_writes_the_noise_invert_computes(tmp_path, capsys):
+    from benchmarks.cli import main
+
+    model = zoo.load("gmm:ring8")
+    x = _data(model, 8)
+    torch.save(x, tmp_path / "x.pt")
+    assert main(["invert", "gmm:ring8", "--sampler", "dpm_solver", "--nfe", "12", "--input", str(tmp_path / "x.pt"),
+                 "--out", str(tmp_path / "z.pt")]) == 0
+    saved = torch.load(tmp_path / "z.pt", weights_only=True)
+    assert torch.equal(saved, solvers.invert("dpm_solver", model, x, nfe=12))
+
+
+@pytest.mark.parametrize("content,sampler,nfe,message", [
+    (torch.zeros(4, 3, dtype=torch.float64), "heun", 10, "x0 has shape"),
+    (torch.tensor([[0.0, math.nan]], dtype=torch.float64), "heun", 10, "NaN"),
+    (torch.zeros(4, 2, dtype=torch.float64), "euler_maruyama", 10, "stochastic"),
+    (torch.zeros(4, 2, dtype=torch.float64), "edict", 1, "needs nfe >= 2"),
+    ({"x": 1}, "heun", 10, "holds a dict, not a tensor"),
+    (b"not a tensor", "heun", 10, "is not a tensor saved with torch.save"),
+])
+def test_invert_command_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, content, sampler, nfe, message):
+    from benchmarks.cli import main
+
+    source = tmp_path / "x.pt"
+    if isinstance(content, bytes):
+        source.write_bytes(content)
+    else:
+        torch.save(content, source)
+    out = tmp_path / "z.pt"
+    assert main(["invert", "gmm:ring8", "--sampler", sampler, "--nfe", str(nfe), "--input", str(source),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
