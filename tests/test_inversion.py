@@ -178,3 +178,33 @@ def test_invert_command_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, c
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
+
+
+# --- the sweep metrics ----------------------------------------------------------------------------
+def test_inversion_metrics_in_a_sweep_match_a_direct_computation(tmp_path):
+    from benchmarks.config import parse_config
+    from benchmarks.metrics.base import REFERENCE_SEED
+    from benchmarks.sweep import run_sweep
+
+    config = parse_config({
+        "run": {"nfe": [10, 40], "n_samples": 300, "batch_size": 300, "dtype": "float64",
+                "metrics": ["inversion_error", "reconstruction_error"]},
+        "models": [{"name": "gmm:ring8"}],
+        "samplers": [{"sampler": "heun"}, {"sampler": "bdia"}, {"sampler": "euler_maruyama"}],
+    })
+    df = run_sweep(config, tmp_path / "run", progress=False).set_index(["sampler", "nfe_budget"])
+    model = zoo.load("gmm:ring8")
+    # n = min(n_samples, 256) real data points from the reference seed.
+    x = model.sample_data(256, generator=torch.Generator().manual_seed(REFERENCE_SEED), dtype=torch.float64)
+    exact = model.exact_encoding(x)
+    for nfe in (10, 40):
+        stats = {}
+        z = solvers.invert("heun", model, x, nfe=nfe, stats=stats)
+        row = df.loc[("heun", nfe)]
+        assert row["inversion_error"] == pytest.approx(float((z - exact).pow(2).mean().sqrt()), rel=1e-9)
+        assert row["inversion_nfe"] == stats["nfe"] == solvers.get("heun").count(stats["n_steps"], True, {})
+        back = solvers.sample("heun", model, z, nfe=nfe)
+        assert row["reconstruction_error"] == pytest.approx(float((back - x).pow(2).mean().sqrt()), rel=1e-9)
+        assert df.loc[("bdia", nfe)]["reconstruction_error"] < 1e-12
+        assert math.isnan(df.loc[("euler_maruyama", nfe)]["inversion_error"])
+        assert math.isnan(df.loc[("euler_maruyama", nfe)]["reconstruction_error"])
