@@ -4,7 +4,11 @@
 A sampler is inverted by running it, unchanged, on its own sampling grid reversed: the samplers
 are written on sigma~ and D (or on alpha, sigma and the model's (x0, eps)), and their updates
 hold for a step to a larger noise level as well as to a smaller one (DDIM inversion is DDIM on the
-reversed grid; Song et al. 2021a, sec. 4.3). The NFE budget is honoured as in
+reversed grid; Song et al. 2021a, sec. 4.3). The multistep (dpm_solver, ipndm, plms, deis, lms,
+res_multistep) and predictor-corrector (unipc) samplers run unchanged as well: their
+extrapolations are written in differences of log-SNR or sigma~, which change sign, not form, on an
+increasing grid, and their inversion error keeps the sampling order (tests/test_inversion.py).
+Only dpm_adaptive is refused (:data:`ONE_WAY`). The NFE budget is honoured as in
 :func:`solvers.sample`: the same budget gives the same grid, and the counted evaluations never
 exceed it.
 
