@@ -28,7 +28,7 @@ PHASE_LABELS = {
     "sampler_loop": "sampling: the rest of the sampler loop (noise, grid, updates, copies)",
     "cuda_graph_capture": "capturing fixed-step samplers as CUDA graphs ([run] cuda_graph), untimed",
     "divergence_rerun": "re-running a diverged batch to find the first non-finite evaluation",
-    "reference_solutions": "exact / tight-tolerance reference solutions for solver_error",
+    "reference_solutions": "exact / tight-tolerance reference solutions for solver_error and inversion_error",
     "feature_extraction": "feature extraction for FID/KID (samples and reference sets)",
     "sample_previews": "keeping the preview samples of each cell",
     "result_writing": "writing results.csv and metadata.json",

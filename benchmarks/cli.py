@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .grid_command import add_parser as add_grid_parser
 
     add_grid_parser(sub)
+    from .invert_command import add_parser as add_invert_parser
+
+    add_invert_parser(sub)
     return parser
 
 

@@ -15,7 +15,8 @@ __all__ = ["metric_columns", "markdown_report", "render_plots", "write_plots", "
            "student_table", "student_rows", "best_series_rows", "pivot", "markdown_pivot", "LOWER_IS_BETTER"]
 
 #: metrics where lower is better (all current ones); the report marks the minimum per column
-LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "fd", "kid_mean"}
+LOWER_IS_BETTER = {"solver_error", "sliced_wasserstein", "mmd", "fid", "kid", "fd", "kid_mean", "inversion_error",
+                   "reconstruction_error"}
 
 
 def metric_columns(df: pd.DataFrame) -> List[str]:

@@ -190,6 +190,18 @@ class GaussianMixture(DiffusionModel):
         out = torch.from_numpy(a1 * y1).reshape(x_start.shape)
         return out.to(device=x_start.device, dtype=x_start.dtype)
 
+    def exact_encoding(self, x0: torch.Tensor, t_end: TimeLike | None = None, t_start: TimeLike | None = None
+                       ) -> torch.Tensor:
+        """The exact inversion of data points: this mixture's PF-ODE run forward in time from ``x0``
+        at ``t_start`` (default the schedule's t_data, sigma = 0) up to ``t_end`` (default t_max),
+        returned in standard-normal units x_T / prior_std_at(t_end): the noise that
+        :func:`solvers.sample` maps back to x0 and that :func:`solvers.invert` approximates."""
+        sched = self.schedule
+        t_end = sched.t_max if t_end is None else t_end
+        t_start = sched.t_data if t_start is None else t_start
+        x_T = self.exact_ode_solution(x0, t_start=t_start, t_end=t_end)
+        return x_T / sched.prior_std_at(float(t_end))
+
     def __repr__(self) -> str:
         k, d = self.means.shape
         return f"GaussianMixture(K={k}, shape={self.sample_shape}, schedule={self.schedule!r})"

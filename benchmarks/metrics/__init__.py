@@ -15,6 +15,10 @@ samples) as it is produced and answers with named columns at the end of the cell
   2018) in the feature space of a torch-fidelity extractor ([run.reference] extractor, default
   ``inception-v3-compat``), computed by torch-fidelity's own metric functions. Reference
   statistics are cached on disk keyed by dataset, split, extractor and n.
+- ``inversion_error`` / ``reconstruction_error``: real data points (n = min(n_samples, 256))
+  run to noise by the cell's sampler at its NFE budget (solvers.invert): RMS of the latent
+  against the exact encoding (mixtures) or a tight rk45 inversion, with the NFE it counted
+  (``inversion_nfe``); RMS of x0 against the round trip. Deterministic samplers only.
 - ``straightness``: S(Z) of the model's probability-flow trajectories in rectified-flow
   coordinates (Liu et al. 2022), per dimension; 0 for straight paths. A property of the model,
   computed once per model.
@@ -23,6 +27,7 @@ from .base import METRICS, REFERENCE_SEED, CellInfo, Metric, register_metric
 from .distances import MMD, SlicedWasserstein, exact_data, mmd_rbf, sliced_wasserstein
 from .features import (CACHE_ENV, FID, INCEPTION_ENV, KID, cache_dir, frechet_distance, is_image_model,
                        make_extractor, to_uint8_images)
+from .inversion import InversionError, ReconstructionError
 from .solver_error import SolverError
 from .straightness import Straightness, straightness
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Type
+from typing import Any, Callable, Dict, Optional, Type
 
 import torch
 
@@ -29,6 +29,7 @@ class CellInfo:
     device: torch.device
     reference: Dict[str, Any] = field(default_factory=dict)  # [run.reference] settings
     cache: Dict[Any, Any] = field(default_factory=dict)  # shared across the cells of a run
+    nfe_budget: Optional[int] = None  # the cell's NFE budget (None: the sampler's own rule or cap)
 
 
 class Metric(abc.ABC):

@@ -219,7 +219,8 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
         if dist.rank == 0:
             info = CellInfo(model=model, model_key=cell.model.key, sampler=cell.series.sampler,
                             options=cell.series.options, seed=cell.seed, n_samples=n_samples, device=ctx.device,
-                            reference={**cfg.reference, **dict(cell.model.reference)}, cache=ctx.cache)
+                            reference={**cfg.reference, **dict(cell.model.reference)}, cache=ctx.cache,
+                            nfe_budget=cell.nfe_budget)
             metrics = []
             for name in cfg.metrics:
                 with phase(f"metric:{name}"):
