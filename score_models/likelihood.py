@@ -55,7 +55,7 @@ def _divergence_exact(drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         idx = torch.arange(start, min(start + EXACT_CHUNK, d), device=x.device)
         units = torch.zeros(idx.numel(), b, d, dtype=drift.dtype, device=x.device)
         units[torch.arange(idx.numel()), :, idx] = 1.0
-        (rows,) = torch.autograd.grad(flat_drift, x, grad_outputs=units.reshape(idx.numel(), *drift.shape),
+        (rows,) = torch.autograd.grad(drift, x, grad_outputs=units.reshape(idx.numel(), *drift.shape),
                                       retain_graph=True, is_grads_batched=True)
         rows = rows.reshape(idx.numel(), b, d)
         total += rows[torch.arange(idx.numel()), :, idx].to(torch.float64).sum(0)
