@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .grid_command import add_parser as add_grid_parser
 
     add_grid_parser(sub)
+    from .likelihood_command import add_parser as add_likelihood_parser
+
+    add_likelihood_parser(sub)
     return parser
 
 
