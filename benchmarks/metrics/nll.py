@@ -21,9 +21,10 @@ __all__ = ["NLL", "MAX_POINTS", "nll_tolerance", "exact_ode_log_likelihood"]
 
 MAX_POINTS = 256
 DEFAULT_RTOL = 1e-5
-#: the exact divergence costs one vector-Jacobian product per dimension per evaluation; above
+#: the exact divergence costs one vector-Jacobian product per dimension per evaluation (on one
+#: CPU core, 4 digits images (64-D) at rtol 1e-5 took 108 s exactly, 4.5 s by Hutchinson); above
 #: this dimension the metric uses Hutchinson's estimator with one Rademacher probe per point
-EXACT_MAX_DIM = 64
+EXACT_MAX_DIM = 16
 #: image models' data range (the shipped digits model's, and diffusers' convention)
 IMAGE_DATA_RANGE = (-1.0, 1.0)
 
