@@ -49,7 +49,6 @@ def _divergence_exact(drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_i d drift_i / d x_i per sample: D vector-Jacobian products with unit vectors, batched
     over the batch (samples are independent) and EXACT_CHUNK dimensions at a time."""
     b, d = x.shape[0], x[0].numel()
-    flat_drift = drift.reshape(b, d)
     total = torch.zeros(b, dtype=torch.float64, device=x.device)
     for start in range(0, d, EXACT_CHUNK):
         idx = torch.arange(start, min(start + EXACT_CHUNK, d), device=x.device)
