@@ -202,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_grid_parser(sub)
     from .invert_command import add_parser as add_invert_parser
+    from .likelihood_command import add_parser as add_likelihood_parser
 
     add_invert_parser(sub)
+    add_likelihood_parser(sub)
     return parser
 
 

@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from score_models import DiffusionModel, zoo
+from score_models import DiffusionModel, GaussianMixture, zoo
 
 
 def exploding(schedule):
@@ -28,4 +28,16 @@ def slow_ring8(schedule):
 
     model = DiffusionModel(net, schedule, prediction=exact.prediction, sample_shape=(2,))
     model.net_time_dtype = torch.float64
+    return model
+
+
+def image_mixture(schedule):
+    """A 1x4x4 "image" model whose network is an exact Gaussian mixture (means in [-1, 1]) but
+    which is no GaussianMixture: the metrics treat it as a trained image model."""
+    g = torch.Generator().manual_seed(44)
+    exact = GaussianMixture(torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) * 1.2 - 0.6, 0.2, schedule=schedule)
+    model = DiffusionModel(exact.net, schedule, prediction=exact.prediction, sample_shape=(1, 4, 4))
+    model.net_time_dtype = torch.float64
+    model.sample_data = exact.sample_data
+    model.exact = exact
     return model

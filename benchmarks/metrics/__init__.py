@@ -22,6 +22,9 @@ samples) as it is produced and answers with named columns at the end of the cell
 - ``straightness``: S(Z) of the model's probability-flow trajectories in rectified-flow
   coordinates (Liu et al. 2022), per dimension; 0 for straight paths. A property of the model,
   computed once per model.
+- ``nll``: negative log-likelihood of real data points by the model's probability-flow ODE
+  (nats per sample, bits/dim on image models), its NFE, and on the mixtures its error against
+  the exact answer. Once per model and solver tolerance.
 """
 from .base import METRICS, REFERENCE_SEED, CellInfo, Metric, register_metric
 from .distances import MMD, SlicedWasserstein, exact_data, mmd_rbf, sliced_wasserstein
@@ -30,6 +33,7 @@ from .features import (CACHE_ENV, FID, INCEPTION_ENV, KID, cache_dir, frechet_di
 from .inversion import InversionError, ReconstructionError
 from .solver_error import SolverError
 from .straightness import Straightness, straightness
+from .nll import NLL
 
 __all__ = ["METRICS", "CellInfo", "Metric", "register_metric", "sliced_wasserstein", "mmd_rbf", "to_uint8_images",
            "frechet_distance", "make_extractor", "exact_data", "REFERENCE_SEED", "straightness"]
