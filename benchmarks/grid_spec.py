@@ -70,12 +70,13 @@ def load_grid_file(path: str) -> torch.Tensor:
 
 
 def method_settings(method: str, settings: Dict[str, Any]) -> Dict[str, Any]:
-    """The settings of ``[run] grid_optimizer`` that ``method`` takes."""
+    """Every setting ``method`` takes: its defaults, overridden by those of ``[run] grid_optimizer``
+    (all of them, so that a changed default is a different grid)."""
     from solvers.optimized_grids import METHODS
 
     fn, _ = METHODS[method]
-    known = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    return {k: v for k, v in settings.items() if k in known}
+    defaults = {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    return {**defaults, **{k: v for k, v in settings.items() if k in defaults}}
 
 
 def check_optimizer_settings(settings: Any) -> Dict[str, Any]:

@@ -14,7 +14,8 @@ from benchmarks.cli import main
 from score_models import EDM, zoo
 from score_models.analytic import GaussianMixture
 from solvers.optimized_grids import loglinear_interp
-from solvers.optimized_grids.ays import PUBLISHED_SCHEDULES
+from solvers.optimized_grids.ays import PUBLISHED_SCHEDULES, interval_weight_mass, klub_estimator, klub_schedule
+from solvers.optimized_grids.dp import median_path
 from solvers.optimized_grids.paths import cheapest_path
 from solvers.optimized_grids.problem import fine_grid, make_problem
 
@@ -59,25 +60,29 @@ def test_dp_recovers_the_optimal_euler_grid_of_a_single_gaussian(nfe):
 
 
 @pytest.mark.parametrize("nfe", [2, 3])
-def test_gits_finds_the_least_total_one_step_error_of_a_single_gaussian(nfe):
+@pytest.mark.parametrize("coeff", [None, 1.0])
+def test_gits_finds_the_least_total_one_step_error_of_a_single_gaussian(nfe, coeff):
     # GITS's cost of i -> j: |x_j - Euler(x_i)| on the exact trajectory = |x_T|/r_T (r_j - r_i f_ij)
-    # with r = sqrt(s^2 + sigma^2): a closed form; the least sum over all paths is enumerated.
+    # with r = sqrt(s^2 + sigma^2): a closed form; the least discounted sum over all paths (the
+    # k-th step weighed by coeff^k, the authors' default coeff 1.15) is enumerated.
     model = single_gaussian()
     problem, sig = fine_sigmas(model, "euler", nfe, 7)
     r = [math.sqrt(SPREAD**2 + s**2) for s in sig]
+    weight = 1.15 if coeff is None else coeff
     def total(p):
-        return sum(r[b] - r[a] * euler_factor(sig[a], sig[b]) for a, b in zip(p[:-1], p[1:]))
+        return sum(weight**k * (r[b] - r[a] * euler_factor(sig[a], sig[b])) for k, (a, b) in enumerate(zip(p[:-1], p[1:])))
     best = min(all_paths(len(sig), nfe), key=total)
-    times = solvers.optimize_grid(model, "euler", nfe, "gits", settings={"fine_steps": 7, "n_samples": 8})
+    settings = {"fine_steps": 7, "n_samples": 8, **({} if coeff is None else {"coeff": coeff})}
+    times = solvers.optimize_grid(model, "euler", nfe, "gits", settings=settings)
     assert times.tolist() == [sig[i] for i in best]
 
 
 def test_cheapest_path_matches_enumeration_on_random_costs():
     rng = np.random.default_rng(3)
     cost = np.triu(rng.random((9, 9)), 1)
-    for n in (1, 2, 4, 8):
-        best = min(all_paths(9, n), key=lambda p: sum(cost[a, b] for a, b in zip(p[:-1], p[1:])))
-        assert cheapest_path(cost, n) == best
+    for n, coeff in itertools.product((1, 2, 4, 8), (1.0, 1.15, 0.7)):
+        best = min(all_paths(9, n), key=lambda p: sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(p[:-1], p[1:]))))
+        assert cheapest_path(cost, n, coeff) == best
 
 
 def test_exact_never_worse_than_its_start():
@@ -110,6 +115,59 @@ def test_ays_interpolation_reproduces_the_published_schedule(name):
     assert np.all(np.diff(five) < 0)
 
 
+def test_ays_importance_mass_is_the_integral_of_its_density():
+    from scipy.integrate import quad
+
+    c = 0.5
+    for lo, hi in [(0.002, 0.01), (0.1, 0.5), (3.0, 80.0), (50.0, 157.0)]:
+        def density(t):
+            return t**-3 * (1 / (t * t + c * c) - 1 / (hi * hi + c * c))
+        exact, _ = quad(density, lo, hi, limit=200, points=np.geomspace(lo, hi, 12)[1:-1], epsrel=1e-12)
+        assert math.isclose(interval_weight_mass(lo, hi), exact, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("interval", [(0.1, 0.5), (0.002, 0.05), (2.0, 80.0)])
+def test_ays_klub_estimate_matches_the_gaussian_closed_form(interval):
+    # Lemma 3.3: for data N(0, c^2) and the ideal denoiser, E||D(x_t, t) - D(x_hi, t_hi)||^2 =
+    # c^4 (1/(t^2 + c^2) - 1/(t_hi^2 + c^2)) per dimension, so the interval's KLUB is c^4 Z exactly
+    # (c = SPREAD = 0.5, the importance density's own c); the Monte Carlo estimate must agree.
+    model = single_gaussian()
+    estimator = klub_estimator(make_problem(model, "euler", 5), n_data=4000, seed=0)
+    lo, hi = interval
+    assert math.isclose(estimator("slot", lo, hi), SPREAD**4 * interval_weight_mass(lo, hi), rel_tol=0.08)
+
+
+def test_ays_search_lowers_the_exact_klub_of_a_single_gaussian():
+    # The coordinate search starts from EDM rho = 7 and never raises its own estimate; on a single
+    # Gaussian the schedule's true KLUB is a closed form (c^4 sum of the intervals' Z), which must
+    # fall well below EDM's.
+    model = single_gaussian()
+    problem = make_problem(model, "euler", 5)
+    levels, info = klub_schedule(problem, 10, n_data=64, sweeps=4, subdivisions=0)
+    def exact(lv):
+        return SPREAD**4 * sum(interval_weight_mass(lv[k + 1], lv[k]) for k in range(len(lv) - 1))
+    edm = model.schedule.sigma_tilde(solvers.time_grid(model.schedule, 10, "edm", to_zero=False)).numpy()
+    assert info["klub_optimized"] <= info["klub_initial"]
+    assert levels[0] == edm[0] and levels[-1] == edm[-1] and np.all(np.diff(levels) < 0)
+    assert exact(levels) < 0.5 * exact(edm)
+
+
+def test_ays_refinement_keeps_the_coarse_levels():
+    model = single_gaussian()
+    coarse, _ = klub_schedule(make_problem(model, "euler", 5), 10, n_data=16, sweeps=1, subdivisions=0)
+    fine, _ = klub_schedule(make_problem(model, "euler", 5), 10, n_data=16, sweeps=1, subdivisions=2)
+    assert fine.size == 41 and np.all(np.diff(fine) < 0)
+    np.testing.assert_array_equal(fine[::4], coarse)
+
+
+def test_dp_median_path_is_the_authors_median():
+    assert median_path([[3, 7, 20], [5, 9, 20], [4, 12, 20], [8, 10, 20]]) == [4, 9, 20]  # (4+5)//2, (9+10)//2
+    assert median_path([[3, 7, 20]]) == [3, 7, 20]
+    assert median_path([[1, 2, 9], [3, 5, 9], [2, 8, 9]]) == [1, 3, 9]  # odd count: the two middle ones below n//2
+    with pytest.raises(ValueError, match="equal length"):
+        median_path([[1, 2], [1, 2, 3]])
+
+
 def test_ays_grid_is_decreasing_and_interpolated_from_its_base():
     model = single_gaussian()
     stats = {}
@@ -119,11 +177,14 @@ def test_ays_grid_is_decreasing_and_interpolated_from_its_base():
     assert times[-1] == model.schedule.t_data
 
 
-def test_same_arguments_same_grid():
+@pytest.mark.parametrize("method, settings", [("gits", {"fine_steps": 6, "n_samples": 8}),
+                                              ("dp", {"teacher_steps": 6, "n_samples": 8}),
+                                              ("ays", {"n_data": 8, "sweeps": 1, "subdivisions": 1})])
+def test_same_arguments_same_grid(method, settings):
     model = single_gaussian()
-    settings = {"fine_steps": 6, "n_samples": 8}
-    a = solvers.optimize_grid(model, "heun", 5, "gits", settings=settings, seed=3)
-    b = solvers.optimize_grid(model, "heun", 5, "gits", settings=settings, seed=3)
+    a = solvers.optimize_grid(model, "heun", 5, method, settings=settings, seed=3)
+    solvers.optimized_grids.ays._BASE_SCHEDULES.clear()  # recompute AYS's shared schedule too
+    b = solvers.optimize_grid(model, "heun", 5, method, settings=settings, seed=3)
     assert a.dtype == torch.float64 and torch.equal(a, b)
     assert solvers.sample("heun", model, torch.randn(4, 1, dtype=torch.float64), grid=a).shape == (4, 1)
 

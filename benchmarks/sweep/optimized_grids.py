@@ -22,12 +22,15 @@ from .cells import Cell
 
 __all__ = ["series_options", "optimized_grid_metadata", "resolve_grid"]
 
-#: Bumped when a method's algorithm changes, so that cached grids are recomputed.
-CACHE_VERSION = 1
+#: Bumped when the cache's record changes; each method's own revision (solvers' METHOD_VERSIONS)
+#: and all of its settings, defaults included, are part of the identity too.
+CACHE_VERSION = 2
 
 
 def _identity(ctx: Any, model: DiffusionModel, cell: Cell, method: str) -> Dict[str, Any]:
-    return {"version": CACHE_VERSION, "model": cell.model.name, "model_schedule": cell.model.schedule,
+    from solvers.optimized_grids import METHOD_VERSIONS
+
+    return {"version": CACHE_VERSION, "method_version": METHOD_VERSIONS[method], "model": cell.model.name, "model_schedule": cell.model.schedule,
             "schedule": model.schedule.name, "weights": model_fingerprint(model), "sampler": cell.series.sampler,
             "options": options_without_special_grid(cell.series.options), "nfe": cell.nfe_budget, "method": method,
             "settings": method_settings(method, ctx.cfg.grid_optimizer)}

@@ -23,7 +23,7 @@ from .exact import exact_grid
 from .gits import gits_grid
 from .problem import GridProblem, Ledger, has_exact_solution, make_problem
 
-__all__ = ["optimize_grid", "METHODS", "METHOD_DESCRIPTIONS", "check_method", "loglinear_interp"]
+__all__ = ["optimize_grid", "METHODS", "METHOD_DESCRIPTIONS", "METHOD_VERSIONS", "check_method", "loglinear_interp"]
 
 #: method -> (function of the problem and the method's keyword settings, whether it follows the
 #: deterministic PF-ODE and so needs a deterministic sampler)
@@ -33,10 +33,15 @@ METHODS: Dict[str, tuple[Callable[..., tuple[torch.Tensor, Dict[str, Any]]], boo
     "dp": (dp_grid, True),
     "exact": (exact_grid, True),
 }
+#: Each method's algorithm revision: part of a cached grid's identity, so a changed method never
+#: reads a grid its earlier revision wrote (bumped with every change of what a method computes).
+METHOD_VERSIONS = {"gits": 2, "ays": 2, "dp": 2, "exact": 2}
+if set(METHOD_VERSIONS) != set(METHODS):
+    raise RuntimeError(f"METHOD_VERSIONS {sorted(METHOD_VERSIONS)} must name exactly the methods {sorted(METHODS)}")
 METHOD_DESCRIPTIONS = {
-    "gits": "dynamic programme over Euler one-step costs on teacher trajectories (Chen et al. 2024)",
-    "ays": "KL-upper-bound-optimised 10-step schedule, log-linearly interpolated (Sabour et al. 2024)",
-    "dp": "optimal-stepsize dynamic programme of the sampler's own steps against a teacher (Pei et al. 2025)",
+    "gits": "dynamic programme over discounted Euler one-step costs on teacher trajectories (Chen et al. 2024)",
+    "ays": "KL-upper-bound coordinate search on a 10-step schedule, refined to 40, log-linearly interpolated (Sabour et al. 2024)",
+    "dp": "optimal-stepsize dynamic programme of the sampler's own steps per sample, median of the steps (Pei et al. 2025)",
     "exact": "the exact endpoint error minimised directly (Powell; Gaussian mixtures only)",
 }
 

@@ -13,7 +13,8 @@ def cheapest_path(cost: np.ndarray, n_edges: int, coeff: float = 1.0) -> List[in
     """Indices 0 = i_0 < i_1 < ... < i_n = M - 1 of the M x M upper-triangular ``cost`` matrix
     minimising cost[i_0, i_1] + coeff cost[i_1, i_2] + coeff^2 ... with exactly ``n_edges``
     edges (Chen et al. 2024, sec. 4: V_k(j) = min_i cost[j, i] + coeff V_{k-1}(i), the
-    recursion of their ``dp``; coeff = 1 is a plain sum of local errors)."""
+    recursion of their ``dp``, whose default coeff is 1.15; coeff = 1 is a plain sum of local
+    errors)."""
     m = cost.shape[0]
     if cost.shape != (m, m) or not 1 <= n_edges <= m - 1:
         raise ValueError(f"need a square cost matrix with at least {n_edges + 1} points, got shape {cost.shape}")
