@@ -35,7 +35,7 @@ METHODS: Dict[str, tuple[Callable[..., tuple[torch.Tensor, Dict[str, Any]]], boo
 }
 #: Each method's algorithm revision: part of a cached grid's identity, so a changed method never
 #: reads a grid its earlier revision wrote (bumped with every change of what a method computes).
-METHOD_VERSIONS = {"gits": 2, "ays": 2, "dp": 2, "exact": 2}
+METHOD_VERSIONS = {"gits": 2, "ays": 3, "dp": 2, "exact": 2}
 if set(METHOD_VERSIONS) != set(METHODS):
     raise RuntimeError(f"METHOD_VERSIONS {sorted(METHOD_VERSIONS)} must name exactly the methods {sorted(METHODS)}")
 METHOD_DESCRIPTIONS = {

@@ -240,8 +240,9 @@ def ays_grid(problem: GridProblem, *, seed: int = 0, n_data: int = 128, base_ste
              subdivisions: int = 2, refine_sweeps: int = 2) -> tuple[torch.Tensor, Dict[str, Any]]:
     """The AYS grid of the sampler's step count: the KLUB-optimised schedule of :func:`klub_schedule`
     (``base_steps`` steps, refined to base_steps * 2^subdivisions), log-linearly interpolated to
-    n_steps levels (sigma_max ... sigma_min), then sigma = 0: the convention of the published
-    schedules' n-step use. The schedule depends on the model alone, so it is shared by every
+    n_steps + 1 levels (sigma_max ... sigma_min) whose last is replaced by sigma = 0: how the
+    published schedules are used for n steps (ComfyUI's AlignYourStepsScheduler sets the last
+    interpolated level to 0; diffusers' AYS timesteps list the n noisy levels and step to 0). The schedule depends on the model alone, so it is shared by every
     sampler and budget on the same model (``base_nfe``/``base_seconds``: what it cost the first
     time; a later call spends nothing on it)."""
     sched, model = problem.schedule, problem.model
@@ -254,7 +255,7 @@ def ays_grid(problem: GridProblem, *, seed: int = 0, n_data: int = 128, base_ste
         memo[key] = (levels, search, ledger.cost())
     base, search, base_cost = memo[key]
     n = problem.n_steps
-    levels = loglinear_interp(base, n) if n >= 2 else base[:1]
+    levels = loglinear_interp(base, n + 1)[:-1]  # n + 1 levels, the last (sigma_min) replaced by sigma = 0
     times = sched.t_from_sigma_tilde(torch.tensor(levels, dtype=torch.float64)).clamp(sched.t_min, sched.t_max)
     times[0] = sched.t_max
     times = torch.cat([times, torch.tensor([sched.t_data], dtype=torch.float64)])
