@@ -7,6 +7,7 @@ option, model, schedule or metric is a ConfigError naming it and the valid choic
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -100,7 +101,7 @@ _MODEL_KEYS = {"name", "schedule", "label", "series", "n_samples", "reference", 
 _SERIES_KEYS = {"sampler", "options", "nfe", "label", "grids"}
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "float64")
-_REFERENCE_KEYS = {"rtol", "n_data", "extractor", "weights", "cache_dir"}
+_REFERENCE_KEYS = {"rtol", "n_data", "extractor", "weights", "cache_dir", "divergence", "n_probes", "data_range"}
 
 
 def _check_keys(table: Any, valid: set, where: str) -> None:
@@ -147,15 +148,33 @@ def _check_reference(reference: Any, where: str) -> None:
                           f"valid: {', '.join(usable_extractors())}")
     if "weights" in reference and not (isinstance(reference["weights"], str) and Path(reference["weights"]).is_file()):
         raise ConfigError(f"{where}: feature extractor weights {reference['weights']!r} do not exist")
-    for key, kind in (("rtol", float), ("n_data", int)):
+    for key, kind in (("rtol", float), ("n_data", int), ("n_probes", int)):
         value = reference.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int)
                                   or not value > 0):
             raise ConfigError(f"{where}: {key} must be a positive {'number' if kind is float else 'integer'}, "
                               f"got {value!r}")
+    _check_likelihood_reference(reference, where)
     for key in ("cache_dir",):
         if key in reference and not isinstance(reference[key], str):
             raise ConfigError(f"{where}: {key} must be a path string, got {reference[key]!r}")
+
+
+#: how the nll metric computes the divergence: "auto" (exact up to the metric's EXACT_MAX_DIM
+#: dimensions, Hutchinson above), or always one of the two
+DIVERGENCES = ("auto", "exact", "hutchinson")
+
+
+def _check_likelihood_reference(reference: Dict[str, Any], where: str) -> None:
+    """The nll metric's keys: a known divergence and an image data range (low, high), high > low."""
+    if "divergence" in reference and reference["divergence"] not in DIVERGENCES:
+        raise ConfigError(f"{where}: divergence {reference['divergence']!r} is not known; valid: {', '.join(DIVERGENCES)}")
+    if "data_range" in reference:
+        value = reference["data_range"]
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                and value[1] > value[0]):
+            raise ConfigError(f"{where}: data_range must be [low, high] with finite high > low, got {value!r}")
 
 
 def _int_list(value: Any, where: str, minimum: int, maximum: Optional[int] = None) -> List[int]:
@@ -215,7 +234,7 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> SweepConfig:
             check_name(m["label"], f"[[models]] #{i + 1} label")
         spec = ModelSpec(m["name"], m.get("schedule"), m.get("label", ""),
                          tuple(series_subset) if series_subset else None, n_model,
-                         tuple(sorted(model_reference.items())),
+                         tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in model_reference.items())),
                          tuple(_int_list(m["nfe"], f"[[models]] #{i + 1} nfe", 1, solvers.MAX_NFE)) if "nfe" in m else None)
         try:
             zoo.load(spec.name, schedule=spec.schedule)

@@ -33,7 +33,8 @@ def load_points(path: str) -> torch.Tensor:
 
 
 def likelihood_record(model_name: str, schedule: str | None, points: torch.Tensor, rtol: float, atol: float,
-                      divergence: str, n_probes: int, seed: int, bits: bool) -> Dict[str, Any]:
+                      divergence: str, n_probes: int, seed: int, bits: bool,
+                      data_range: tuple[float, float] = (-1.0, 1.0)) -> Dict[str, Any]:
     """Load the model, evaluate and return the JSON record."""
     import torch
 
@@ -47,8 +48,8 @@ def likelihood_record(model_name: str, schedule: str | None, points: torch.Tenso
                               "n_probes": n_probes if divergence == "hutchinson" else None, "seed": seed}
     dims = math.prod(points.shape[1:]) if points.dim() > 1 else 0
     if bits:
-        bpd, stats = bits_per_dim(model, points, **options)
-        record.update(bits_per_dim=float(bpd.mean()), bits_per_dim_se=float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else None,
+        bpd, stats = bits_per_dim(model, points, data_range=data_range, **options)
+        record.update(data_range=list(data_range), bits_per_dim=float(bpd.mean()), bits_per_dim_se=float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else None,
                       per_sample_bits_per_dim=bpd.tolist())
     else:
         if points.is_floating_point() and points.dtype != torch.float64:
@@ -73,10 +74,16 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0, got {value!r}")
+    if args.data_range is not None:
+        if not args.bits_per_dim:
+            raise ValueError("--data-range applies to --bits-per-dim only (the images' range in the model's data space)")
+        lo, hi = args.data_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"--data-range must be LOW HIGH with finite HIGH > LOW, got {lo!r} {hi!r}")
     points = load_points(args.input)
     record = likelihood_record(args.model, args.schedule, points, args.rtol,
                                args.rtol if args.atol is None else args.atol, args.divergence, args.n_probes,
-                               args.seed, args.bits_per_dim)
+                               args.seed, args.bits_per_dim, tuple(args.data_range or (-1.0, 1.0)))
     text = json.dumps(record, indent=2) + "\n"
     if out is None:
         print(text, end="")
@@ -102,6 +109,8 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--n-probes", type=int, default=1, help="Hutchinson probes per point")
     cmd.add_argument("--seed", type=int, default=0, help="seeds the probes and the dequantisation")
     cmd.add_argument("--bits-per-dim", action="store_true",
-                     help="score_sde's bits/dim of 8-bit images scaled to [-1, 1] (uniform dequantisation)")
+                     help="score_sde's bits/dim of 8-bit images scaled to the model's data range (uniform dequantisation)")
+    cmd.add_argument("--data-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="with --bits-per-dim: the model's data range the images are scaled to (default -1 1)")
     cmd.add_argument("--out", help="write the JSON here (default: print it)")
     cmd.set_defaults(func=_cmd_likelihood)

@@ -17,16 +17,27 @@ from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
 from .distances import exact_data
 from .features import is_image_model
 
-__all__ = ["NLL", "MAX_POINTS", "nll_tolerance", "exact_ode_log_likelihood"]
+__all__ = ["NLL", "MAX_POINTS", "nll_settings", "nll_tolerance", "exact_ode_log_likelihood"]
 
 MAX_POINTS = 256
 DEFAULT_RTOL = 1e-5
 #: the exact divergence costs one vector-Jacobian product per dimension per evaluation (on one
 #: CPU core, 4 digits images (64-D) at rtol 1e-5 took 108 s exactly, 4.5 s by Hutchinson); above
-#: this dimension the metric uses Hutchinson's estimator with one Rademacher probe per point
+#: this dimension divergence = "auto" (the default) uses Hutchinson's estimator
 EXACT_MAX_DIM = 16
-#: image models' data range (the shipped digits model's, and diffusers' convention)
+#: image models' data range by default (the shipped digits model's, and diffusers' convention)
 IMAGE_DATA_RANGE = (-1.0, 1.0)
+
+
+def nll_settings(cell: CellInfo) -> tuple[str, int, tuple[float, float]]:
+    """(divergence, Hutchinson probes per point, image data range) from [run.reference]
+    (``divergence`` = "auto" | "exact" | "hutchinson", ``n_probes``, ``data_range`` = [lo, hi])."""
+    divergence = cell.reference.get("divergence", "auto")
+    if divergence == "auto":
+        shape = cell.model.sample_shape
+        divergence = "exact" if shape and math.prod(shape) <= EXACT_MAX_DIM else "hutchinson"
+    lo, hi = cell.reference.get("data_range", IMAGE_DATA_RANGE)
+    return divergence, int(cell.reference.get("n_probes", 1)), (float(lo), float(hi))
 
 
 def nll_tolerance(cell: CellInfo) -> tuple[float, float]:
@@ -53,12 +64,14 @@ def exact_ode_log_likelihood(mixture: GaussianMixture, x: torch.Tensor) -> torch
 class NLL(Metric):
     """Negative log-likelihood of n = min(n_samples, 256) real data points (the model's
     ``sample_data`` at the reference seed: a mixture's exact samples, toy2d data, the digits test
-    split), all in one batch, with the exact divergence up to EXACT_MAX_DIM dimensions and
-    Hutchinson's estimator (one Rademacher probe per point, seeded) above: the figure is then an
-    unbiased estimate whose spread averages down over the n points.
+    split), all in one batch. By default the divergence is exact up to EXACT_MAX_DIM dimensions
+    and Hutchinson's estimator (one Rademacher probe per point, seeded) above: the figure is then
+    an unbiased estimate whose spread averages down over the n points. [run.reference] (or a
+    model's reference) sets ``divergence`` ("auto", "exact", "hutchinson"), ``n_probes`` and
+    the image ``data_range`` (default [-1, 1]).
 
     Columns: ``nll`` (nats per sample; bits/dim for image models other than mixtures, their
-    data read as 8-bit images in IMAGE_DATA_RANGE, dequantised as score_sde does),
+    data read as 8-bit images in the data range, dequantised as score_sde does),
     ``nll_per_dim`` (nll over the dimension; bits/dim again for images), ``nll_nfe`` (network
     evaluations the evaluation cost, for all n points in one batch) and ``nll_error`` (mean
     absolute error in nats per sample against a mixture's exact PF-ODE likelihood, else NaN).
@@ -77,21 +90,22 @@ class NLL(Metric):
             return
         rtol, atol = nll_tolerance(cell)
         n = min(cell.n_samples, MAX_POINTS)
-        divergence = "exact" if cell.model.sample_shape and math.prod(cell.model.sample_shape) <= EXACT_MAX_DIM else "hutchinson"
-        key = ("nll", cell.model_key, rtol, atol, n, divergence)
+        divergence, n_probes, data_range = nll_settings(cell)
+        key = ("nll", cell.model_key, rtol, atol, n, divergence, n_probes, data_range)
         if key not in cell.cache:
             with phase("likelihood"):
-                cell.cache[key] = self._evaluate(n, rtol, atol, divergence)
+                cell.cache[key] = self._evaluate(n, rtol, atol, divergence, n_probes, data_range)
         self.values = cell.cache[key]
 
-    def _evaluate(self, n: int, rtol: float, atol: float, divergence: str) -> Dict[str, float]:
+    def _evaluate(self, n: int, rtol: float, atol: float, divergence: str, n_probes: int,
+                  data_range: tuple[float, float]) -> Dict[str, float]:
         cell, model = self.cell, self.cell.model
         x = exact_data(cell, n)
         exact_model = isinstance(model, GaussianMixture)
         generator = torch.Generator().manual_seed(REFERENCE_SEED)
-        options = dict(rtol=rtol, atol=atol, divergence=divergence)
+        options = dict(rtol=rtol, atol=atol, divergence=divergence, n_probes=n_probes)
         if is_image_model(model) and not exact_model:
-            lo, hi = IMAGE_DATA_RANGE
+            lo, hi = data_range
             images = ((x - lo) / (hi - lo)).clamp(0, 1)
             bpd, stats = bits_per_dim(model, images.to(cell.device), data_range=(lo, hi), generator=generator,
                                       dtype=torch.float32, **options)
