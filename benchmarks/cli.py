@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cells whose baseline wall time is below this many seconds are not time-gated (default 0.05)")
     cmp_.set_defaults(func=_cmd_compare)
     tr = sub.add_parser("train", help="train a shipped model from its seed (writes checkpoint + JSON card)")
-    tr.add_argument("model", help="toy2d-moons, toy2d-swissroll, toy2d-8gaussians, toy2d-checkerboard, "
-                                  "digits-classifier, digits-noisy-classifier, digits-unet")
+    tr.add_argument("model", help="a shipped model: toy2d-<data>, digits-unet, the digits classifiers, the students "
+                                  "(<teacher>-pd<N>, -cd, -ct) and rectified flows (-rf, -rf2); an unknown name "
+                                  "lists them all")
     tr.add_argument("--steps", type=int, help="optimiser steps (default: the shipped model's)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", help="directory for the checkpoint and card (default: ./trained); load the result "
