@@ -27,7 +27,7 @@ from score_models import GaussianMixture, zoo
 from solvers import grids
 
 __all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table", "diffusers_loop",
-           "EDM_CASES", "run_edm_case", "edm_equivalence_table"]
+           "EDM_CASES", "run_edm_case", "edm_equivalence_table", "FLOW_CASES", "flow_mixture", "run_flow_case"]
 
 
 def make_tiny_pipeline(directory: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -112,14 +112,17 @@ def _quiet_diffusers() -> None:
 
 
 def diffusers_loop(scheduler: Any, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor,
-                   steps: int, **step_kwargs: Any) -> torch.Tensor:
+                   steps: int, set_timesteps_kwargs: Optional[Dict[str, Any]] = None, **step_kwargs: Any) -> torch.Tensor:
     """diffusers' own denoising loop with a configured scheduler: set_timesteps(steps), start from
-    latents x init_noise_sigma, then net(scale_model_input(x, t), t) and step() for each timestep."""
-    scheduler.set_timesteps(steps, device=latents.device)
-    x = latents * scheduler.init_noise_sigma
+    latents x init_noise_sigma (1 where a scheduler has none: flow matching), then
+    net(scale_model_input(x, t), t) (x itself where there is no scale_model_input) and step() for
+    each timestep."""
+    scheduler.set_timesteps(steps, device=latents.device, **(set_timesteps_kwargs or {}))
+    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            x = scheduler.step(net(scheduler.scale_model_input(x, t), t), t, x, **step_kwargs).prev_sample
+            x = scheduler.step(net(scale(x, t), t), t, x, **step_kwargs).prev_sample
     return x
 
 
@@ -323,6 +326,58 @@ def run_edm_case(case: Case, steps: int = 10, n: int = 8, seed: int = 0) -> Dict
     return {"case": case.label, "spacing": "-", "network": "gmm", "steps": steps,
             "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
             "nfe_ours": stats["nfe"], "diffusers_calls": calls}
+
+
+#: diffusers' flow-matching schedulers: (class, config, from_diffusers arguments (mu)).
+FLOW_CASES: List[tuple] = [
+    ("FlowMatchEulerDiscreteScheduler", {}, {}), ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 0.5, "num_train_timesteps": 500}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, {"mu": 0.7}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True, "time_shift_type": "linear"}, {"mu": 2.5}),
+    ("FlowMatchHeunDiscreteScheduler", {}, {}), ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, {}),
+]
+
+
+def flow_mixture(t_min: float = 1e-4) -> GaussianMixture:
+    """The image-shaped exact mixture on rectified flow from t = 1 (diffusers' sigma = 1) with
+    flow (velocity) prediction, as diffusers' flow-matching transformers predict."""
+    from score_models.schedules import RectifiedFlow
+
+    schedule = RectifiedFlow(t_min=t_min, t_max=1.0)
+    preset = zoo.load("gmm:image3x8x8", schedule=schedule)
+    return GaussianMixture(preset.means.reshape(-1, 3, 8, 8), preset.variances.sqrt().reshape(-1, 3, 8, 8),
+                           preset.weights, schedule=schedule, prediction="flow")
+
+
+def run_flow_case(class_name: str, config: Dict[str, Any], steps: int = 10,
+                  step_arguments: Optional[Dict[str, Any]] = None, n: int = 3, seed: int = 0) -> Dict[str, Any]:
+    """A diffusers FlowMatch scheduler's own loop against :func:`solvers.from_diffusers`' sampler
+    on :func:`flow_mixture` (float64), from the same latents, budget = diffusers' network calls.
+    diffusers calls the network at timestep = sigma T and steps with its velocity."""
+    import diffusers
+
+    _quiet_diffusers()
+    step_arguments = dict(step_arguments or {})
+    scheduler = getattr(diffusers, class_name).from_config(config)
+    name, options = solvers.from_diffusers(scheduler, **step_arguments)
+    exact = flow_mixture()
+    t_train = scheduler.config.num_train_timesteps
+
+    def net(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return exact.flow(x, torch.as_tensor(timestep, dtype=torch.float64) / t_train)
+
+    latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+    start = exact.nfe
+    theirs = diffusers_loop(scheduler, net, latents, steps, set_timesteps_kwargs=step_arguments)
+    calls = exact.nfe - start
+    stats: Dict[str, Any] = {}
+    ours = solvers.sample(name, exact, latents, nfe=calls, stats=stats, **options)
+    return {"case": scheduler_case_label(class_name, config, step_arguments), "spacing": "-", "network": "gmm",
+            "steps": steps, "sampler": name, "options": options,
+            "max_rel_diff": float((ours - theirs).abs().max() / theirs.abs().max()),
+            "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
+            "nfe_ours": stats["nfe"], "diffusers_calls": calls,
+            "note": solvers.exact_in_diffusers(scheduler, steps, **step_arguments) or ""}
 
 
 def edm_equivalence_table(steps: Sequence[int] = (7, 10, 13)) -> List[Dict[str, Any]]:

@@ -458,6 +458,9 @@ class RectifiedFlow(Schedule):
 
     f = -1/(1-t), g^2 = 2t/(1-t). sigma/alpha is infinite at t = 1, so samplers that work in the
     scaled space start at t_max = 0.999 by default; x_T = noise there (prior_std = 1).
+    ``t_max=1.0`` admits t = 1 (alpha = 0, pure noise), where diffusers' flow-matching schedulers
+    start: only samplers whose update stays finite at alpha = 0 can start there (euler, ddim,
+    heun with form="velocity"); the others return inf/NaN from sigma/alpha = inf.
     """
 
     t_min: float = 1e-3
@@ -467,8 +470,8 @@ class RectifiedFlow(Schedule):
     prior_std = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.t_min < self.t_max < 1:
-            raise ValueError(f"need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
+        if not 0 < self.t_min < self.t_max <= 1:
+            raise ValueError(f"need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
     def alpha(self, t: TimeLike) -> torch.Tensor:
         return 1.0 - as_time(t)

@@ -66,6 +66,8 @@ STRIDE = Family("stride", end="set_alpha_to_one")
 SIGMA_SPACE = Family("sigma_space", start="sigma_space", sigma_grids=True)
 MULTISTEP = Family("multistep", drop_last_for=("linspace", "leading"), end="final_sigmas_type", sigma_grids=True)
 EDM_FAMILY = Family("edm", spacing=False, end="final_sigmas_type", start="edm")
+#: Flow matching: sigma = t of rectified flow, from 1 (pure noise) to the shifted end, then 0.
+FLOW_MATCH = Family("flow_match", spacing=False)
 STUDENT = Family("student", spacing=False)
 
 
@@ -173,6 +175,16 @@ SCHEDULERS: Dict[str, SchedulerMapping] = {
         lambda c: {"predictor_order": int(c.get("predictor_order", 2)), "corrector_order": int(c.get("corrector_order", 2)),
                    "lower_order_final": bool(c.get("lower_order_final", True))},
         note="a tau_func other than diffusers' default cannot be read; use sa_solver's tau options"),
+    "FlowMatchEulerDiscreteScheduler": SchedulerMapping(
+        "euler", FLOW_MATCH,
+        {"shift": None, "use_dynamic_shifting": (True, False), "time_shift_type": ("exponential", "linear"),
+         "base_shift": None, "max_shift": None, "base_image_seq_len": None, "max_image_seq_len": None,
+         "invert_sigmas": (False,), "shift_terminal": (None,), "stochastic_sampling": (False,),
+         "use_karras_sigmas": (False,), "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)},
+        note="dynamic shifting's mu is an argument of diffusers' set_timesteps(): pass it as from_diffusers(mu=); "
+             "base_shift, max_shift and the image sequence lengths are the pipeline's recipe for mu"),
+    "FlowMatchHeunDiscreteScheduler": SchedulerMapping("heun", FLOW_MATCH, {"shift": None},
+                                                       lambda c: {"form": "velocity"}),
     "EDMEulerScheduler": SchedulerMapping("euler", EDM_FAMILY, {"sigma_data": None}),
     "EDMDPMSolverMultistepScheduler": SchedulerMapping(
         "dpm_solver", EDM_FAMILY, {"sigma_data": None, **_DPM_ACCEPTS}),
@@ -203,6 +215,8 @@ _EDM_KEYS = {"sigma_min": None, "sigma_max": None, "rho": None, "sigma_schedule"
              "final_sigmas_type": ("zero", "sigma_min")}
 #: step() arguments diffusers takes per call, and the nfebench option each becomes.
 STEP_ARGUMENTS = {"DDIMScheduler": {"eta": "eta"}, "TCDScheduler": {"eta": "gamma"}, "LMSDiscreteScheduler": {"order": "order"}}
+#: Schedulers whose set_timesteps(mu=) shifts the grid (with use_dynamic_shifting): from_diffusers(mu=).
+SET_TIMESTEPS_MU = ("FlowMatchEulerDiscreteScheduler",)
 
 
 def scheduler_config(scheduler: Any) -> Tuple[str, Dict[str, Any]]:
@@ -279,8 +293,41 @@ def _check_values(name: str, config: Dict[str, Any], mapping: SchedulerMapping) 
         raise ValueError(f"{name} config sets {', '.join(chosen)}; diffusers allows one of them")
 
 
-def _grid_options(name: str, config: Dict[str, Any], family: Family) -> Dict[str, Any]:
+def flow_match_shift(name: str, config: Mapping[str, Any], mu: Optional[float]) -> Tuple[float, float]:
+    """(shift, the unshifted end of the grid) of a FlowMatch scheduler: diffusers spaces its
+    timesteps evenly between sigma_max = 1 and its sigma_min, then shifts them. A static
+    ``shift`` is applied to the training sigmas too, so sigma_min = shift(1/T) is shifted twice;
+    with ``use_dynamic_shifting`` the shift is exp(mu) (``time_shift_type="exponential"``) or mu
+    ("linear"), applied once, and mu comes from set_timesteps(mu=)."""
+    t_train = int(config.get("num_train_timesteps", 1000))
+    if config.get("use_dynamic_shifting", False):
+        if mu is None:
+            raise ValueError(f"{name} config use_dynamic_shifting=True needs mu (an argument of diffusers' "
+                             f"set_timesteps()); pass from_diffusers(scheduler, mu=...)")
+        linear = config.get("time_shift_type", "exponential") == "linear"
+        if linear and not mu > 0:
+            raise ValueError(f"{name} time_shift_type='linear' shifts by mu itself; mu={mu!r} is not valid; valid: mu > 0")
+        return (float(mu) if linear else math.exp(float(mu))), 1.0 / t_train
+    if mu is not None:
+        raise ValueError(f"{name}: mu={mu!r} applies only with config use_dynamic_shifting=True (diffusers ignores it "
+                         f"otherwise); valid: no mu")
+    shift = float(config.get("shift", 1.0))
+    if not shift > 0:
+        raise ValueError(f"{name} config shift={shift!r} is not supported; valid: shift > 0")
+    from .grids import time_shift
+
+    return shift, time_shift(1.0 / t_train, shift)
+
+
+def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optional[float] = None) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
+    if family is FLOW_MATCH:
+        from .grids import time_shift
+
+        shift, unshifted_end = flow_match_shift(name, config, mu)
+        # rectified flow's t is diffusers' sigma: the grid starts at t = 1 (the model's schedule
+        # needs RectifiedFlow(t_max=1.0)), ends at the shifted end, then t = 0 (sigma = 0).
+        return {"grid": "shifted", "shift": shift, "t_max": 1.0, "t_min": float(time_shift(unshifted_end, shift))}
     if family is EDM_FAMILY:
         options["grid"] = config.get("sigma_schedule", "karras")
         if options["grid"] == "karras":
@@ -335,6 +382,7 @@ def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str
         raise ValueError(f"diffusers scheduler {name!r} has no nfebench sampler (run it with sampler 'diffusers'); "
                          f"valid: {', '.join(SCHEDULERS)}")
     _check_values(name, config, mapping)
+    mu = step_arguments.pop("mu", None) if name in SET_TIMESTEPS_MU else None
     allowed = STEP_ARGUMENTS.get(name, {})
     unknown = sorted(set(step_arguments) - set(allowed))
     if unknown:
@@ -347,7 +395,7 @@ def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str
     if name == "PNDMScheduler" and config.get("skip_prk_steps", False):
         sampler, options = "plms", {"warmup": "improved_euler"}
     options.update({allowed[k]: v for k, v in step_arguments.items()})
-    options.update(_grid_options(name, config, mapping.family))
+    options.update(_grid_options(name, config, mapping.family, mu))
     from .registry import get
 
     spec = get(sampler)
@@ -375,16 +423,22 @@ def pipeline_grid_defaults(scheduler: Any) -> Tuple[Dict[str, Any], Optional[str
         note = None
     except ValueError as e:
         note = f"grid defaults from {name}; its sampler mapping refuses: {e}"
-    return _grid_options(name, config, mapping.family), note
+    try:
+        return _grid_options(name, config, mapping.family), note
+    except ValueError as e:  # a grid that needs a set_timesteps() argument (dynamic shifting's mu)
+        return {}, f"{name}'s grid cannot be read from its config: {e}"
 
 
-def exact_in_diffusers(scheduler: Any, num_inference_steps: int) -> Optional[str]:
+def exact_in_diffusers(scheduler: Any, num_inference_steps: int, **step_arguments: Any) -> Optional[str]:
     """None when :func:`from_diffusers`' mapping reproduces diffusers' loop for this many steps
-    (to diffusers' float32 round-off), else why not (see the module docstring)."""
+    (to diffusers' float32 round-off), else why not (see the module docstring).
+    ``step_arguments`` as for :func:`from_diffusers` (dynamic shifting's ``mu``)."""
     name, config = scheduler_config(scheduler)
     mapping = SCHEDULERS[name]
-    from_diffusers(scheduler)
+    from_diffusers(scheduler, **step_arguments)
     family, n = mapping.family, int(num_inference_steps)
+    if family is FLOW_MATCH:
+        return None
     t_train = int(config.get("num_train_timesteps", 1000))
     spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
     if family is EDM_FAMILY and config.get("final_sigmas_type", "zero") == "sigma_min":

@@ -109,7 +109,14 @@ def test_edm_schedulers(class_name, config):
     (lambda: diffusers.UniPCMultistepScheduler(disable_corrector=[0]), r"disable_corrector=\[0\]"),
     (lambda: {"_class_name": "NoSuchScheduler"}, r"'NoSuchScheduler' has no nfebench sampler .*valid: DDIMScheduler"),
     (lambda: {"timestep_spacing": "leading"}, r"needs '_class_name'"),
-    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(), r"FlowMatchEulerDiscreteScheduler' has no nfebench sampler"),
+    (lambda: diffusers.ScoreSdeVeScheduler(), r"ScoreSdeVeScheduler' has no nfebench sampler"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True), r"invert_sigmas=True is not supported; valid: False"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True),
+     r"stochastic_sampling=True is not supported; valid: False"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), r"use_karras_sigmas=True .* valid: False"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift_terminal=0.1), r"shift_terminal=0.1 .* valid: None"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+     r"use_dynamic_shifting=True needs mu .*from_diffusers\(scheduler, mu=...\)"),
 ])
 def test_unsupported_values_are_refused_by_name(scheduler, message):
     with pytest.raises(ValueError, match=message):
@@ -210,3 +217,71 @@ def test_a_pipeline_whose_scheduler_has_no_mapping_loads_with_the_reason(tmp_pat
     # DDPM's grid is still read; clip_sample=True is what the sampler mapping refuses
     assert model.grid_defaults == {"spacing": "leading", "to_zero": True}
     assert "clip_sample=True" in model.grid_defaults_note
+
+
+# --- flow matching on the exact mixture under rectified flow -------------------------------------
+@pytest.mark.parametrize("case", __import__("benchmarks.equivalence", fromlist=["x"]).FLOW_CASES,
+                         ids=lambda c: scheduler_case_label(*c))
+def test_flow_match_schedulers_are_reproduced(case):
+    """FlowMatchEuler -> euler and FlowMatchHeun -> heun(form="velocity") on the shifted grid from
+    t = 1: diffusers' float32 step() arithmetic is the only difference (~1e-7)."""
+    from benchmarks.equivalence import run_flow_case
+
+    class_name, config, arguments = case
+    for steps in (1, 7, 10):
+        row = run_flow_case(class_name, config, steps, arguments)
+        assert row["note"] == ""
+        assert row["max_rel_diff"] <= 1e-5, row
+        assert row["nfe_ours"] == row["diffusers_calls"], row
+
+
+def test_flow_match_grid_is_diffusers_sigmas():
+    """The mapped grid's times are diffusers' sigmas (float32) for static and dynamic shifts."""
+    from benchmarks.equivalence import flow_mixture
+
+    schedule = flow_mixture().schedule
+    for config, mu in (({"shift": 3.0}, None), ({"shift": 0.7}, None), ({"use_dynamic_shifting": True}, 1.2),
+                       ({"use_dynamic_shifting": True, "time_shift_type": "linear"}, 3.0)):
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+        _, options = solvers.from_diffusers(scheduler, **({} if mu is None else {"mu": mu}))
+        scheduler.set_timesteps(9, **({} if mu is None else {"mu": mu}))
+        grid_options = {k: v for k, v in options.items() if k in solvers.GRID_OPTIONS}
+        times = solvers.time_grid(schedule, 9, **grid_options)
+        assert torch.allclose(times, scheduler.sigmas.double(), rtol=1e-6, atol=0), config
+
+
+def test_flow_match_mu_is_checked():
+    dynamic = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
+    with pytest.raises(ValueError, match=r"mu=-1.0 is not valid; valid: mu > 0"):
+        solvers.from_diffusers(dynamic, mu=-1.0)
+    with pytest.raises(ValueError, match=r"mu=0.5 applies only with config use_dynamic_shifting=True"):
+        solvers.from_diffusers(diffusers.FlowMatchEulerDiscreteScheduler(), mu=0.5)
+    with pytest.raises(ValueError, match=r"step\(\) argument\(s\) \['mu'\] are not mapped"):
+        solvers.from_diffusers(diffusers.FlowMatchHeunDiscreteScheduler(), mu=0.5)
+    from solvers.diffusers_mapping import pipeline_grid_defaults
+
+    grid, note = pipeline_grid_defaults(dynamic)
+    assert grid == {} and "needs mu" in note
+
+
+def test_scaled_heun_is_not_flow_match_heun():
+    """nfebench's default heun averages dx~/dsigma~ in the scaled space x/alpha; diffusers'
+    FlowMatchHeun averages velocities in x. From t = 1 (sigma~ = inf) the scaled form is undefined;
+    on a grid below it the two differ by far more than round-off, at second order: the
+    difference falls ~4x per halving of the step (both are second-order solvers of one ODE)."""
+    from benchmarks.equivalence import flow_mixture
+
+    exact = flow_mixture()
+    latents = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid = {"grid": "shifted", "shift": 3.0, "t_min": 0.01}
+    with torch.inference_mode():
+        assert not bool(torch.isfinite(solvers.sample("heun", exact, latents, nfe=19, t_max=1.0, **grid)).all())
+        differences = []
+        for n_steps in (8, 16, 32):
+            nfe = 2 * n_steps - 1
+            scaled = solvers.sample("heun", exact, latents, nfe=nfe, t_max=0.98, **grid)
+            velocity = solvers.sample("heun", exact, latents, nfe=nfe, t_max=0.98, form="velocity", **grid)
+            differences.append(float((scaled - velocity).abs().max() / velocity.abs().max()))
+    assert differences[0] > 1e-4, differences
+    for coarse, fine in zip(differences, differences[1:]):
+        assert 2.5 < coarse / fine < 6, differences
