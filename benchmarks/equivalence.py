@@ -213,6 +213,9 @@ SCHEDULER_CASES: List[tuple] = [
     ("UniPCMultistepScheduler", {"final_sigmas_type": "sigma_min"}, {}),
     ("DEISMultistepScheduler", {}, {}), ("DEISMultistepScheduler", {"solver_order": 3}, {}),
     ("SASolverScheduler", {}, {}), ("SASolverScheduler", {"predictor_order": 3, "corrector_order": 4}, {}),
+    # no timestep_spacing: its linspace timesteps whatever the pipeline's spacing
+    ("DPMSolverSinglestepScheduler", {}, {}), ("DPMSolverSinglestepScheduler", {"solver_order": 3}, {}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3, "solver_type": "heun", "final_sigmas_type": "sigma_min"}, {}),
 ]
 
 

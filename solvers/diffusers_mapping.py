@@ -60,9 +60,13 @@ class Family:
     end: str = "zero"
     start: str = "prior"
     sigma_grids: bool = False
+    fixed_spacing: Optional[str] = None  # the spacing of a class without timestep_spacing
 
 
 STRIDE = Family("stride", end="set_alpha_to_one")
+#: DPMSolverSinglestep has no timestep_spacing: linspace over N + 1 timesteps, the last dropped.
+SINGLESTEP = Family("singlestep", drop_last_for=("linspace",), end="final_sigmas_type", sigma_grids=True,
+                    fixed_spacing="linspace")
 SIGMA_SPACE = Family("sigma_space", start="sigma_space", sigma_grids=True)
 MULTISTEP = Family("multistep", drop_last_for=("linspace", "leading"), end="final_sigmas_type", sigma_grids=True)
 EDM_FAMILY = Family("edm", spacing=False, end="final_sigmas_type", start="edm")
@@ -152,6 +156,13 @@ SCHEDULERS: Dict[str, SchedulerMapping] = {
         "dpmpp_sde", SIGMA_SPACE, {"noise_sampler_seed": None}, lambda c: {"noise_sampler": "brownian"},
         note="the Brownian tree's seed comes from nfebench's generator, not noise_sampler_seed"),
     "DPMSolverMultistepScheduler": SchedulerMapping("dpm_solver", MULTISTEP, {**_DPM_ACCEPTS, **_NO_FLOW}),
+    "DPMSolverSinglestepScheduler": SchedulerMapping(
+        "dpm_solver_singlestep", SINGLESTEP,
+        {**_DPM_ACCEPTS, "algorithm_type": ("dpmsolver++",), "lower_order_final": (True, False),
+         "use_flow_sigmas": (False,), "flow_shift": (1.0,), "use_dynamic_shifting": (False,), "time_shift_type": None},
+        lambda c: {"order": int(c.get("solver_order", 2)), "intermediate": "grid",
+                   "solver_type": c.get("solver_type", "midpoint"), "lower_order_final": bool(c.get("lower_order_final", False))},
+        note="a step of order k spans k of diffusers' timesteps (intermediate='grid'), orders by its get_order_list"),
     "UniPCMultistepScheduler": SchedulerMapping(
         "unipc", MULTISTEP,
         {"solver_order": _ORDERS, "solver_type": ("bh1", "bh2"), "predict_x0": (True, False),
@@ -341,7 +352,8 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
         return options
     sigma_grid = next((g for k, g in (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"),
                                       ("use_beta_sigmas", "beta")) if config.get(k)), None)
-    spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
+    spacing = family.fixed_spacing or config.get("timestep_spacing",
+                                                 _class_defaults(name).get("timestep_spacing", "leading"))
     if sigma_grid is not None:
         # diffusers spaces these sigmas between those of timesteps T-1 and 0.
         options.update(grid=sigma_grid, t_max=float(config.get("num_train_timesteps", 1000) - 1), t_min=0.0)
@@ -440,7 +452,7 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int, **step_argument
     if family is FLOW_MATCH:
         return None
     t_train = int(config.get("num_train_timesteps", 1000))
-    spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
+    spacing = family.fixed_spacing or config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
     if family is EDM_FAMILY and config.get("final_sigmas_type", "zero") == "sigma_min":
         return "diffusers' sigmas already end at sigma_min: its last step is zero-length and still calls the network"
     if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):

@@ -66,7 +66,8 @@ def test_cases_each_sampler_is_reached():
     reached = {solvers.from_diffusers(getattr(diffusers, c).from_config({"clip_sample": False, **cfg}), **sa)[0]
                for c, cfg, sa in SCHEDULER_CASES}
     assert {"ddim", "ddpm", "pndm", "plms", "euler", "heun", "euler_ancestral", "lms", "dpm_2", "dpm_2_ancestral",
-            "dpm_solver", "res_multistep", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "sa_solver"} <= reached
+            "dpm_solver", "res_multistep", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "sa_solver",
+            "dpm_solver_singlestep"} <= reached
 
 
 # --- the EDM schedulers on an EDM-schedule mixture -----------------------------------------------
@@ -285,3 +286,62 @@ def test_scaled_heun_is_not_flow_match_heun():
     assert differences[0] > 1e-4, differences
     for coarse, fine in zip(differences, differences[1:]):
         assert 2.5 < coarse / fine < 6, differences
+
+
+# --- DPMSolverSinglestep: per-step orders, every step count ----------------------------------------
+@pytest.mark.parametrize("config", [
+    {"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3}, {"solver_order": 2, "solver_type": "heun"},
+    {"solver_order": 3, "solver_type": "heun"}, {"solver_order": 3, "final_sigmas_type": "sigma_min"},
+    {"solver_order": 3, "final_sigmas_type": "sigma_min", "lower_order_final": False},
+    {"solver_order": 2, "final_sigmas_type": "sigma_min", "lower_order_final": True},
+], ids=lambda c: scheduler_case_label("DPMSolverSinglestepScheduler", c, {}))
+def test_singlestep_orders_and_step_counts(pipe_dir, config):
+    """Steps of order k spanning k of diffusers' timesteps, for step counts that the order does
+    and does not divide (1-8): diffusers' loop, given float64 sigma tables (its float32 ones cost
+    up to 1.4e-5 on a single third-order step from timestep 999), and
+    dpm_solver_singlestep(intermediate='grid') agree to 1e-10 with the same number of calls."""
+    from benchmarks.equivalence import _network
+
+    model, net = _network(pipe_dir, "gmm", torch.float64)
+    base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
+    sigma_table = ((1 - model.schedule.alphas_cumprod) / model.schedule.alphas_cumprod).sqrt()
+    latents = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for steps in range(1, 9):
+        scheduler = diffusers.DPMSolverSinglestepScheduler.from_config({**base, "clip_sample": False, **config})
+        name, options = solvers.from_diffusers(scheduler)
+        scheduler.set_timesteps(steps)
+        last = sigma_table[:1] if config.get("final_sigmas_type") == "sigma_min" else torch.zeros(1, dtype=torch.float64)
+        scheduler.sigmas = torch.cat([sigma_table[scheduler.timesteps.long()], last])
+        x = latents
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = scheduler.step(net(x, t), t, x).prev_sample
+        stats = {}
+        ours = solvers.sample(name, model, latents, nfe=steps, stats=stats, **options)
+        assert float((ours - x).abs().max() / x.abs().max()) <= 1e-10, (steps, config)
+        assert stats["nfe"] == len(scheduler.timesteps) == steps
+
+
+def test_singlestep_positions_are_diffusers_order_list():
+    from solvers.samplers.dpm_solver import singlestep_positions
+
+    for order in (1, 2, 3):
+        for lower in (True, False):
+            for final in ("zero", "sigma_min"):
+                for steps in range(1, 13):
+                    scheduler = diffusers.DPMSolverSinglestepScheduler(solver_order=order, lower_order_final=lower,
+                                                                       final_sigmas_type=final)
+                    scheduler.set_timesteps(steps)
+                    assert singlestep_positions(order, steps, lower, final == "zero") == scheduler.order_list
+
+
+def test_singlestep_refusals():
+    for config, message in (({"algorithm_type": "sde-dpmsolver++"}, r"algorithm_type='sde-dpmsolver\+\+' is not supported"),
+                            ({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+                             r"algorithm_type='dpmsolver' is not supported"),
+                            ({"use_flow_sigmas": True}, r"use_flow_sigmas=True is not supported")):
+        with pytest.raises(ValueError, match=message):
+            solvers.from_diffusers(diffusers.DPMSolverSinglestepScheduler(**config))
+    with pytest.raises(ValueError, match=r"order=1 of sampler 'dpm_solver_singlestep' needs intermediate='grid'"):
+        solvers.sample("dpm_solver_singlestep", zoo.load("gmm:ring8", schedule="vp_linear"),
+                       torch.randn(2, 2, dtype=torch.float64), nfe=4, order=1)
