@@ -8,9 +8,21 @@ computes the same update and how its config values become options. The time grid
 the class's family (:class:`Family`): which training timesteps diffusers visits for each
 ``timestep_spacing``, where its last step ends, and how it scales the starting latents
 (``init_noise_sigma``). A config value the table does not map (``thresholding=True``, a
-``tau_func``, a flow-matching shift, ...) is refused with a ValueError naming the value and the
+``tau_func``, ``invert_sigmas``, ...) is refused with a ValueError naming the value and the
 values that are valid; values that only define the schedule (betas, ``num_train_timesteps``)
 belong to the model and are not read here.
+
+Mapped exactly besides the DDPM-schedule and EDM families:
+
+- DPMSolverSinglestepScheduler -> ``dpm_solver_singlestep(intermediate="grid")``: a step of order
+  k spans k of diffusers' timesteps, the orders by its get_order_list; dpmsolver++ only.
+- FlowMatchEulerDiscreteScheduler -> ``euler``, FlowMatchHeunDiscreteScheduler -> ``heun`` with
+  ``form="velocity"`` (diffusers averages velocities; heun's default scaled form differs at
+  second order and is undefined at t = 1), both on ``grid="shifted"`` (SD3's time shift) from
+  t = 1, so on a model with ``RectifiedFlow(t_max=1.0)`` and flow prediction. Dynamic shifting
+  takes diffusers' set_timesteps ``mu`` as ``from_diffusers(scheduler, mu=...)``; inverted
+  sigmas, stochastic sampling, ``shift_terminal`` and Karras / exponential / beta sigmas (spaced
+  in sigma = t, not sigma/alpha) are refused.
 
 Where diffusers' arithmetic is not what a grid of times can say, the mapping gives the
 consistent choice and :func:`exact_in_diffusers` says that the two differ:
@@ -330,7 +342,8 @@ def flow_match_shift(name: str, config: Mapping[str, Any], mu: Optional[float]) 
     return shift, time_shift(1.0 / t_train, shift)
 
 
-def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optional[float] = None) -> Dict[str, Any]:
+def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optional[float] = None,
+                  fractional_timesteps: bool = False) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
     if family is FLOW_MATCH:
         from .grids import time_shift
@@ -359,6 +372,9 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
         options.update(grid=sigma_grid, t_max=float(config.get("num_train_timesteps", 1000) - 1), t_min=0.0)
         if sigma_grid == "beta":
             options.update(beta_a=0.6, beta_b=0.6)
+    elif fractional_timesteps and family is SIGMA_SPACE and spacing == "linspace":
+        # linspace(T-1, 0, N) unrounded: the fractional timesteps diffusers visits
+        options.update(grid="uniform", t_max=float(config.get("num_train_timesteps", 1000) - 1), t_min=0.0)
     else:
         options["spacing"] = spacing
         if spacing == "leading" and int(config.get("steps_offset", 0)):
@@ -378,13 +394,20 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
     return options
 
 
-def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str, Any]]:
+def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step_arguments: Any
+                   ) -> Tuple[str, Dict[str, Any]]:
     """(sampler name, options) that make :func:`solvers.sample` compute what diffusers' own loop
     with this scheduler computes (:func:`exact_in_diffusers` says where only approximately).
 
     ``scheduler``: a diffusers scheduler instance or its config dict (with ``_class_name``).
-    ``step_arguments``: what diffusers passes to ``step()`` rather than keeps in the config
-    (DDIM's ``eta``, TCD's ``eta`` = gamma, LMS's ``order``); see :data:`STEP_ARGUMENTS`.
+    ``step_arguments``: what diffusers passes to ``step()`` or ``set_timesteps()`` rather than
+    keeps in the config (DDIM's ``eta``, TCD's ``eta`` = gamma, LMS's ``order``, FlowMatchEuler's
+    ``mu``); see :data:`STEP_ARGUMENTS`.
+    ``fractional_timesteps`` (off by default): the sigma-space schedulers' linspace timesteps
+    unrounded (``grid="uniform"`` from T-1 to 0), as diffusers visits them; with a model whose
+    ``DiscreteVP(interpolation="sigma")`` interpolates sigma~ linearly between timesteps, as
+    diffusers does, this reproduces diffusers' loop there too. The default rounds to the integer
+    timesteps the network was trained on.
     Give ``nfe`` to solvers.sample as diffusers' number of network calls for its
     ``num_inference_steps`` (the sampler's NFE rule: ``solvers.get(name).count``).
     """
@@ -407,7 +430,7 @@ def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str
     if name == "PNDMScheduler" and config.get("skip_prk_steps", False):
         sampler, options = "plms", {"warmup": "improved_euler"}
     options.update({allowed[k]: v for k, v in step_arguments.items()})
-    options.update(_grid_options(name, config, mapping.family, mu))
+    options.update(_grid_options(name, config, mapping.family, mu, fractional_timesteps))
     from .registry import get
 
     spec = get(sampler)
@@ -441,13 +464,15 @@ def pipeline_grid_defaults(scheduler: Any) -> Tuple[Dict[str, Any], Optional[str
         return {}, f"{name}'s grid cannot be read from its config: {e}"
 
 
-def exact_in_diffusers(scheduler: Any, num_inference_steps: int, **step_arguments: Any) -> Optional[str]:
+def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_timesteps: bool = False,
+                       **step_arguments: Any) -> Optional[str]:
     """None when :func:`from_diffusers`' mapping reproduces diffusers' loop for this many steps
-    (to diffusers' float32 round-off), else why not (see the module docstring).
-    ``step_arguments`` as for :func:`from_diffusers` (dynamic shifting's ``mu``)."""
+    (to diffusers' float32 round-off), else why not (see the module docstring). Arguments as
+    for :func:`from_diffusers`; with ``fractional_timesteps`` the verdict assumes a model whose
+    DiscreteVP interpolates sigma~ linearly (``interpolation="sigma"``)."""
     name, config = scheduler_config(scheduler)
     mapping = SCHEDULERS[name]
-    from_diffusers(scheduler, **step_arguments)
+    from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
     family, n = mapping.family, int(num_inference_steps)
     if family is FLOW_MATCH:
         return None
@@ -465,7 +490,7 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int, **step_argument
     if name == "DDPMScheduler" and config.get("variance_type") == "fixed_large" and spacing == "trailing":
         return ("diffusers adds beta-variance noise on its last step, from timestep > 0 into the data; nfebench adds "
                 "none on a step onto sigma = 0")
-    if family is SIGMA_SPACE and spacing == "linspace" and n > 1 and (t_train - 1) % (n - 1):
+    if family is SIGMA_SPACE and spacing == "linspace" and n > 1 and (t_train - 1) % (n - 1) and not fractional_timesteps:
         return ("diffusers visits fractional timesteps (linspace unrounded) and interpolates sigma linearly "
                 "between integer timesteps there")
     if name == "KDPM2DiscreteScheduler" and spacing != "trailing":

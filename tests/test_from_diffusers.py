@@ -345,3 +345,40 @@ def test_singlestep_refusals():
     with pytest.raises(ValueError, match=r"order=1 of sampler 'dpm_solver_singlestep' needs intermediate='grid'"):
         solvers.sample("dpm_solver_singlestep", zoo.load("gmm:ring8", schedule="vp_linear"),
                        torch.randn(2, 2, dtype=torch.float64), nfe=4, order=1)
+
+
+# --- fractional_timesteps: diffusers' unrounded linspace with sigma~ interpolated linearly ---------
+@pytest.mark.parametrize("class_name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                                        "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"])
+def test_fractional_timesteps_reproduce_diffusers_linspace(pipe_dir, class_name):
+    """At linspace step counts where N - 1 does not divide T - 1, diffusers visits fractional
+    timesteps and interpolates sigma~ linearly there: from_diffusers(fractional_timesteps=True) on
+    a DiscreteVP(interpolation="sigma") model reproduces it; the default (rounded timesteps, log
+    alpha interpolated) does not."""
+    for steps in (7, 12):
+        row = run_scheduler(pipe_dir, class_name, {}, "linspace", steps, fractional_timesteps=True)
+        assert row["note"] == "" and row["max_rel_diff"] <= 1e-5, row
+        assert row["nfe_ours"] == row["diffusers_calls"], row
+        default = run_scheduler(pipe_dir, class_name, {}, "linspace", steps)
+        assert default["note"] and default["max_rel_diff"] > 1e-5, default
+
+
+def test_sigma_interpolation_of_the_discrete_schedule():
+    from score_models.schedules import DiscreteVP
+
+    table = DiscreteVP.linear()
+    linear_sigma = DiscreteVP(alphas_cumprod=table.alphas_cumprod, interpolation="sigma")
+    knots = torch.arange(-1.0, 1000.0, dtype=torch.float64)
+    assert torch.allclose(linear_sigma.alpha(knots), table.alpha(knots), rtol=1e-14)
+    t = torch.tensor([0.25, 17.5, 500.4, 998.9], dtype=torch.float64)
+    sigma_table = ((1 - table.alphas_cumprod) / table.alphas_cumprod).sqrt()
+    lower = t.floor().long()
+    expected = sigma_table[lower] + (t - lower) * (sigma_table[lower + 1] - sigma_table[lower])
+    assert torch.allclose(linear_sigma.sigma_tilde(t), expected, rtol=1e-13)
+    assert torch.allclose(linear_sigma.t_from_sigma_tilde(expected), t, rtol=1e-12)
+    assert not torch.allclose(table.sigma_tilde(t), expected, rtol=1e-6)
+    step = 1e-6
+    numeric = (linear_sigma.log_alpha(t + step) - linear_sigma.log_alpha(t - step)) / (2 * step)
+    assert torch.allclose(linear_sigma.dlog_alpha_dt(t), numeric, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"unknown interpolation 'cubic'; valid: log_alpha, sigma"):
+        DiscreteVP(alphas_cumprod=table.alphas_cumprod, interpolation="cubic")
