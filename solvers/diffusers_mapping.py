@@ -34,7 +34,8 @@ consistent choice and :func:`exact_in_diffusers` says that the two differ:
   spacing when N - 1 does not divide T - 1, and interpolate sigma~ linearly between integer
   timesteps there; nfebench's discrete schedule interpolates log alpha (which keeps lambda(t)
   monotone and the PF-ODE's coefficients piecewise smooth) and its linspace spacing rounds to
-  integer timesteps, as the network was trained on.
+  integer timesteps, as the network was trained on. ``from_diffusers(fractional_timesteps=True)``
+  on a model with ``DiscreteVP(interpolation="sigma")`` reproduces diffusers here (off by default).
 - With karras / exponential / beta sigmas diffusers steps with the unrounded sigma but calls
   the network at a rounded (or log-sigma interpolated) timestep.
 

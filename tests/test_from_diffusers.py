@@ -55,7 +55,9 @@ def test_mapping_reproduces_diffusers_where_it_says_so(pipe_dir, case, spacing):
 
 
 def test_every_mapped_class_is_run_side_by_side():
-    run = {c[0] for c in SCHEDULER_CASES}
+    from benchmarks.equivalence import FLOW_CASES
+
+    run = {c[0] for c in SCHEDULER_CASES + FLOW_CASES}
     students_and_edm = {n for n, m in SCHEDULERS.items() if m.family.name in ("student", "edm")}
     assert set(SCHEDULERS) - students_and_edm <= run
     for name, mapping in SCHEDULERS.items():

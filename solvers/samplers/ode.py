@@ -62,7 +62,8 @@ def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alph
 
 
 @register("euler", order=1, stochastic=False, nfe="N", paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3",
-          known_as={"k-diffusion": "sample_euler", "ComfyUI": "euler", "diffusers": "EulerDiscreteScheduler"})
+          known_as={"k-diffusion": "sample_euler", "ComfyUI": "euler",
+                    "diffusers": "EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler"})
 def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Euler's method on the PF-ODE in the scaled space x/alpha vs sigma/alpha (= deterministic DDIM).
@@ -91,7 +92,8 @@ def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           stochastic_if="s_churn > 0", variants=({"s_churn": 10.0}, {"form": "velocity"}),
           checks={"s_churn": at_least(0.0), "s_tmin": at_least(0.0), "s_tmax": at_least(0.0), "s_noise": at_least(0.0),
                   "form": one_of(*HEUN_FORMS)},
-          known_as={"k-diffusion": "sample_heun", "ComfyUI": "heun", "diffusers": "HeunDiscreteScheduler"})
+          known_as={"k-diffusion": "sample_heun", "ComfyUI": "heun",
+                    "diffusers": "HeunDiscreteScheduler; FlowMatchHeunDiscreteScheduler with form='velocity'"})
 def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
          form: str = "scaled", generator: Optional[torch.Generator] = None) -> torch.Tensor:
