@@ -97,7 +97,8 @@ def _scheduler(case: Case, spacing: str, base: Optional[Dict[str, Any]] = None) 
     DDPMScheduler's, which :func:`make_tiny_pipeline` saves), at this timestep spacing."""
     import diffusers
 
-    base = dict(diffusers.DDPMScheduler().config) if base is None else base
+    if base is None:  # (diffusers' _use_default_values would override the values given here)
+        base = {k: v for k, v in diffusers.DDPMScheduler().config.items() if not k.startswith("_")}
     return getattr(diffusers, case.scheduler).from_config(
         {**base, "timestep_spacing": spacing, "clip_sample": False, **case.scheduler_config})
 
