@@ -162,9 +162,10 @@ def _diffusers_case(pipe_dir: Path, case: Case, spacing: str, steps: int, latent
     return x, [float(t) for t in sched.timesteps], float(sched.init_noise_sigma)
 
 
-def _network(pipe_dir: Path, network: str, dtype: torch.dtype, interpolation: str = "log_alpha"):
+def _network(pipe_dir: Path, network: str, dtype: torch.dtype, interpolation: str = "log_alpha",
+             round_net_input: bool = False):
     """(our DiffusionModel, the same network as diffusers' loop calls it: net(x, t) -> eps).
-    ``interpolation``: how the gmm's DiscreteVP interpolates between timesteps."""
+    ``interpolation``, ``round_net_input``: the gmm's DiscreteVP options."""
     model = zoo.load(f"diffusers:{pipe_dir}")
     if network == "unet":
         model.net.to(dtype)
@@ -172,7 +173,8 @@ def _network(pipe_dir: Path, network: str, dtype: torch.dtype, interpolation: st
     if network == "gmm":
         from score_models.schedules import DiscreteVP
 
-        schedule = DiscreteVP(alphas_cumprod=model.schedule.alphas_cumprod, interpolation=interpolation)
+        schedule = DiscreteVP(alphas_cumprod=model.schedule.alphas_cumprod, interpolation=interpolation,
+                              round_net_input=round_net_input)
         preset = zoo.load("gmm:image3x8x8", schedule=schedule)
         exact = GaussianMixture(preset.means.reshape(-1, 3, 8, 8), preset.variances.sqrt().reshape(-1, 3, 8, 8),
                                 preset.weights, schedule=schedule, prediction="eps")
@@ -255,13 +257,15 @@ def scheduler_case_label(class_name: str, config: Dict[str, Any], step_arguments
 
 def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spacing: str, steps: int = 10,
                   step_arguments: Optional[Dict[str, Any]] = None, network: str = "gmm", n: int = 3, seed: int = 0,
-                  dtype: torch.dtype = torch.float64, fractional_timesteps: bool = False) -> Dict[str, Any]:
+                  dtype: torch.dtype = torch.float64, fractional_timesteps: bool = False,
+                  round_net_input: bool = False) -> Dict[str, Any]:
     """diffusers' own loop with ``class_name`` (the pipeline's scheduler config, ``timestep_spacing``
     = spacing, ``config`` over it) against :func:`solvers.sample` with the sampler and options
     :func:`solvers.from_diffusers` maps it to, from the same latents, budget = diffusers' network
     calls; per-step noise from equally seeded generators. Returns the relative max difference,
     both counts and :func:`solvers.exact_in_diffusers`' verdict. ``fractional_timesteps``: passed
-    to from_diffusers, with the gmm's DiscreteVP interpolating sigma~ linearly, as diffusers does."""
+    to from_diffusers, with the gmm's DiscreteVP interpolating sigma~ linearly, as diffusers does;
+    ``round_net_input``: the gmm's DiscreteVP calls its network at rounded timesteps."""
     import diffusers
 
     _quiet_diffusers()
@@ -270,7 +274,7 @@ def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spaci
     scheduler = getattr(diffusers, class_name).from_config(
         {**base, "timestep_spacing": spacing, "clip_sample": False, **config})
     name, options = solvers.from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
-    model, net = _network(pipe_dir, network, dtype, "sigma" if fractional_timesteps else "log_alpha")
+    model, net = _network(pipe_dir, network, dtype, "sigma" if fractional_timesteps else "log_alpha", round_net_input)
     latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
     calls = []
 

@@ -288,6 +288,11 @@ class DiscreteVP(_VPMixin, Schedule):
     instead, as diffusers' sigma-space schedulers (EulerDiscrete, HeunDiscrete, LMSDiscrete, ...)
     do at the fractional timesteps of their unrounded linspace spacing (``grid="uniform"`` from
     T-1 to 0 visits the same ones); off by default: f(t) is then not piecewise constant.
+
+    ``round_net_input=True`` calls the network at the nearest training timestep of t, while the
+    samplers' coefficients (alpha, sigma) stay at t itself: diffusers' DPMSolverMultistep,
+    DPMSolverSinglestep and UniPCMultistep do this on Karras sigmas, which fall between timesteps.
+    Off by default: the state at t is then read by a network as if at round(t).
     """
 
     name = "discrete_vp"
@@ -295,10 +300,11 @@ class DiscreteVP(_VPMixin, Schedule):
     discretisation_step = 1.0
 
     def __init__(self, *, betas: torch.Tensor | None = None, alphas_cumprod: torch.Tensor | None = None,
-                 interpolation: str = "log_alpha"):
+                 interpolation: str = "log_alpha", round_net_input: bool = False):
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
         self.interpolation = interpolation
+        self.round_net_input = bool(round_net_input)
         if (betas is None) == (alphas_cumprod is None):
             raise ValueError("DiscreteVP needs exactly one of betas= or alphas_cumprod=")
         if betas is not None:
@@ -354,6 +360,10 @@ class DiscreteVP(_VPMixin, Schedule):
         idx = torch.searchsorted(self._knots_t, t.contiguous(), right=True) - 1
         return idx.clamp(0, self._slopes.numel() - 1)
 
+    def net_input(self, t: TimeLike) -> torch.Tensor:
+        t = as_time(t)
+        return torch.round(t) if self.round_net_input else t
+
     def _sigma_tilde_linear(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma~(t), d sigma~/dt) with sigma~ piecewise linear in t (interpolation="sigma")."""
         i = self._segment(t)
@@ -388,7 +398,8 @@ class DiscreteVP(_VPMixin, Schedule):
         return ts[j] + w * (ts[j + 1] - ts[j])
 
     def describe(self) -> str:
-        extra = ", sigma~ interpolated linearly" if self.interpolation == "sigma" else ""
+        extra = (", sigma~ interpolated linearly" if self.interpolation == "sigma" else "") + (
+            ", network at rounded timesteps" if self.round_net_input else "")
         return (f"{self.num_train_timesteps} steps, abar in [{self.alphas_cumprod[-1].item():.3g}, "
                 f"{self.alphas_cumprod[0].item():.6g}]{extra}")
 

@@ -37,7 +37,9 @@ consistent choice and :func:`exact_in_diffusers` says that the two differ:
   integer timesteps, as the network was trained on. ``from_diffusers(fractional_timesteps=True)``
   on a model with ``DiscreteVP(interpolation="sigma")`` reproduces diffusers here (off by default).
 - With karras / exponential / beta sigmas diffusers steps with the unrounded sigma but calls
-  the network at a rounded (or log-sigma interpolated) timestep.
+  the network at a rounded (or log-sigma interpolated) timestep. A model on
+  ``DiscreteVP(round_net_input=True)`` reproduces the rounding of DPMSolverMultistep,
+  DPMSolverSinglestep and UniPCMultistep with karras sigmas (off by default).
 
 :func:`exact_in_diffusers` names, per scheduler configuration, which of these applies;
 ``python -m benchmarks.diffusers_costs`` measures what each costs on an exact mixture.

@@ -384,3 +384,29 @@ def test_sigma_interpolation_of_the_discrete_schedule():
     assert torch.allclose(linear_sigma.dlog_alpha_dt(t), numeric, rtol=1e-6)
     with pytest.raises(ValueError, match=r"unknown interpolation 'cubic'; valid: log_alpha, sigma"):
         DiscreteVP(alphas_cumprod=table.alphas_cumprod, interpolation="cubic")
+
+
+# --- round_net_input: the network at rounded timesteps of Karras sigmas ----------------------------
+@pytest.mark.parametrize("class_name, config", [
+    ("DPMSolverMultistepScheduler", {}), ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("DPMSolverSinglestepScheduler", {}), ("UniPCMultistepScheduler", {})])
+def test_rounded_network_timesteps_reproduce_diffusers_karras(pipe_dir, class_name, config):
+    """These schedulers step with each Karras sigma but call the network at the rounded timestep
+    of it: a model on DiscreteVP(round_net_input=True) reproduces that; the default (the network
+    at the sigma's own time) differs, as exact_in_diffusers says."""
+    config = {"use_karras_sigmas": True, **config}
+    for steps in (7, 10):
+        row = run_scheduler(pipe_dir, class_name, config, "linspace", steps, round_net_input=True)
+        assert row["max_rel_diff"] <= 1e-5 and row["nfe_ours"] == row["diffusers_calls"], row
+        default = run_scheduler(pipe_dir, class_name, config, "linspace", steps)
+        assert default["note"] and default["max_rel_diff"] > 1e-4, default
+
+
+def test_round_net_input_rounds_only_the_network_time():
+    from score_models.schedules import DiscreteVP
+
+    table = DiscreteVP.linear()
+    rounding = DiscreteVP(alphas_cumprod=table.alphas_cumprod, round_net_input=True)
+    t = torch.tensor([3.4, 3.6, 998.5], dtype=torch.float64)
+    assert rounding.net_input(t).tolist() == [3.0, 4.0, 998.0] and table.net_input(t).tolist() == t.tolist()
+    assert torch.equal(rounding.alpha(t), table.alpha(t))
