@@ -319,7 +319,7 @@ def _check_values(name: str, config: Dict[str, Any], mapping: SchedulerMapping) 
         raise ValueError(f"{name} config sets {', '.join(chosen)}; diffusers allows one of them")
 
 
-def flow_match_shift(name: str, config: Mapping[str, Any], mu: Optional[float]) -> Tuple[float, float]:
+def _flow_match_shift(name: str, config: Mapping[str, Any], mu: Optional[float]) -> Tuple[float, float]:
     """(shift, the unshifted end of the grid) of a FlowMatch scheduler: diffusers spaces its
     timesteps evenly between sigma_max = 1 and its sigma_min, then shifts them. A static
     ``shift`` is applied to the training sigmas too, so sigma_min = shift(1/T) is shifted twice;
@@ -351,7 +351,7 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
     if family is FLOW_MATCH:
         from .grids import time_shift
 
-        shift, unshifted_end = flow_match_shift(name, config, mu)
+        shift, unshifted_end = _flow_match_shift(name, config, mu)
         # rectified flow's t is diffusers' sigma: the grid starts at t = 1 (the model's schedule
         # needs RectifiedFlow(t_max=1.0)), ends at the shifted end, then t = 0 (sigma = 0).
         return {"grid": "shifted", "shift": shift, "t_max": 1.0, "t_min": float(time_shift(unshifted_end, shift))}
@@ -420,6 +420,9 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
         raise ValueError(f"diffusers scheduler {name!r} has no nfebench sampler (run it with sampler 'diffusers'); "
                          f"valid: {', '.join(SCHEDULERS)}")
     _check_values(name, config, mapping)
+    if fractional_timesteps and mapping.family is not SIGMA_SPACE:
+        raise ValueError(f"fractional_timesteps=True applies to the sigma-space schedulers "
+                         f"({', '.join(n for n, m in SCHEDULERS.items() if m.family is SIGMA_SPACE)}), not {name}")
     mu = step_arguments.pop("mu", None) if name in SET_TIMESTEPS_MU else None
     allowed = STEP_ARGUMENTS.get(name, {})
     unknown = sorted(set(step_arguments) - set(allowed))

@@ -382,6 +382,9 @@ def test_sigma_interpolation_of_the_discrete_schedule():
     step = 1e-6
     numeric = (linear_sigma.log_alpha(t + step) - linear_sigma.log_alpha(t - step)) / (2 * step)
     assert torch.allclose(linear_sigma.dlog_alpha_dt(t), numeric, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"fractional_timesteps=True applies to the sigma-space schedulers "
+                                         r"\(EulerDiscreteScheduler, .*\), not DDIMScheduler"):
+        solvers.from_diffusers(diffusers.DDIMScheduler(clip_sample=False), fractional_timesteps=True)
     with pytest.raises(ValueError, match=r"unknown interpolation 'cubic'; valid: log_alpha, sigma"):
         DiscreteVP(alphas_cumprod=table.alphas_cumprod, interpolation="cubic")
 
