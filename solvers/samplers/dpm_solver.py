@@ -230,7 +230,8 @@ def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch
     third-order update uses D1 and D2). The order of each step follows
     :func:`singlestep_positions` (``lower_order_final``). This is the time-stepping of Lu et al.
     2022a's singlestep solver with a per-step order list, as diffusers' DPMSolverSinglestepScheduler
-    runs it; midpoint's third-order update is third order where r2 = 2/3 (a logsnr grid)."""
+    runs it; midpoint's third-order update is third order where r2 = 2/3 (a logsnr grid).
+    ``solver_type`` and ``lower_order_final`` apply to ``intermediate="grid"`` only."""
     sched = model.schedule
     sig, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
     if intermediate == "grid":
