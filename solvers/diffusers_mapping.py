@@ -486,6 +486,9 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_t
     spacing = family.fixed_spacing or config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
     if family is EDM_FAMILY and config.get("final_sigmas_type", "zero") == "sigma_min":
         return "diffusers' sigmas already end at sigma_min: its last step is zero-length and still calls the network"
+    if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS) and family.end == "timestep_0":
+        return ("diffusers' sigmas end with a zero-length step from sigma_min to itself that still calls the network "
+                "(and it calls the network at rounded or log-sigma interpolated timesteps)")
     if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):
         return "diffusers calls the network at a rounded or log-sigma interpolated timestep of each sigma"
     if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)):
