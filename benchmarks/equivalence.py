@@ -2,14 +2,19 @@
 
     python -m benchmarks.equivalence          # prints the table (sampler x spacing -> max |diff|)
 
-Two networks, each run through diffusers' own denoising loop and through our sampler from the
-same latents (per-step noise from equally seeded generators):
+Each diffusers scheduler configuration (:data:`CASES`) runs through diffusers' own denoising loop
+and through the sampler and options :func:`solvers.from_diffusers` maps it to, from the same
+latents (per-step noise from equally seeded generators); the note column is
+:func:`solvers.exact_in_diffusers`' verdict where the mapping is not exact. Two networks:
 
 - ``gmm``: the exact eps of the image-shaped Gaussian mixture on diffusers' DDPM schedule, so the
   samples live at data scale and max |diff| is an absolute figure (the tests ask <= 1e-4);
 - ``unet``: a small random UNet2DModel saved with save_pretrained and loaded back through
   ``zoo.load("diffusers:<dir>")``. Untrained, it drives samples to |x| ~ 10^2, so its max |diff|
   is read relative to max |x| (diffusers keeps alphas_cumprod in float32: ~1e-7 relative).
+
+Then the EDM schedulers (:data:`EDM_CASES`) on the mixture under the EDM schedule and the
+flow-matching ones (:data:`FLOW_CASES`) on the mixture under rectified flow with flow prediction.
 """
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ import solvers
 from score_models import GaussianMixture, zoo
 from solvers import grids
 
-__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table", "diffusers_loop",
-           "EDM_CASES", "run_edm_case", "edm_equivalence_table"]
+__all__ = ["CASES", "Case", "make_tiny_pipeline", "run_case", "equivalence_table", "diffusers_loop", "not_comparable",
+           "EDM_CASES", "run_edm_case", "edm_equivalence_table", "FLOW_CASES", "flow_mixture", "run_flow_case"]
 
 
 def make_tiny_pipeline(directory: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -46,63 +51,78 @@ def make_tiny_pipeline(directory: Path, prediction_type: str = "epsilon", seed: 
 
 @dataclass(frozen=True)
 class Case:
-    """One diffusers scheduler configuration and the nfebench sampler call that should match it."""
+    """One diffusers scheduler configuration. Its nfebench side is :func:`solvers.from_diffusers`'
+    mapping unless ``sampler`` names one by hand (the parity tests propose such cases for what
+    the mapping refuses, e.g. SA-Solver with tau_func = 0)."""
 
     label: str
     scheduler: str
     scheduler_config: Dict[str, Any]
-    sampler: str
-    options: Dict[str, Any]
-    grid_from_diffusers: bool = False  # pass diffusers' own timesteps as our grid
-    scale_noise_like: Optional[str] = None  # "sigma": diffusers scales latents by init_noise_sigma in sigma-space
-    step_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to diffusers' step()
+    sampler: Optional[str] = None  # None: from_diffusers' sampler and options
+    options: Dict[str, Any] = field(default_factory=dict)
+    grid_from_diffusers: bool = False  # hand cases: pass diffusers' own timesteps as our grid
+    scale_noise_like: Optional[str] = None  # hand cases: "sigma" where diffusers scales latents by init_noise_sigma
+    step_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to diffusers' step() (and from_diffusers)
 
 
 CASES: List[Case] = [
-    Case("DDIM eta=0", "DDIMScheduler", dict(set_alpha_to_one=True), "ddim", dict(eta=0.0), step_kwargs={"eta": 0.0}),
-    Case("DDIM eta=1", "DDIMScheduler", dict(set_alpha_to_one=True), "ddim", dict(eta=1.0), step_kwargs={"eta": 1.0}),
-    Case("DDPM fixed_small", "DDPMScheduler", dict(variance_type="fixed_small"), "ddpm", dict(variance="fixed_small")),
-    Case("DDPM fixed_large", "DDPMScheduler", dict(variance_type="fixed_large"), "ddpm", dict(variance="fixed_large")),
-    Case("PNDM (PRK warm-up)", "PNDMScheduler", dict(skip_prk_steps=False, set_alpha_to_one=True), "pndm", {}),
-    Case("PNDM skip_prk_steps", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=True), "plms",
-         dict(warmup="improved_euler")),
-    Case("PNDM skip_prk, alpha_1=abar_0", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=False),
-         "plms", dict(warmup="improved_euler", to_zero=False)),
-    Case("EulerDiscrete", "EulerDiscreteScheduler", {}, "euler", {}, scale_noise_like="sigma"),
-    Case("HeunDiscrete", "HeunDiscreteScheduler", {}, "heun", {}, scale_noise_like="sigma"),
-    Case("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++"),
-         "dpm_solver", dict(order=2), grid_from_diffusers=True),
-    Case("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++"),
-         "dpm_solver", dict(order=3, third_order_term="diffusers"), grid_from_diffusers=True),
-    Case("EulerAncestral", "EulerAncestralDiscreteScheduler", {}, "euler_ancestral", {}, scale_noise_like="sigma"),
-    Case("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}, "dpm_2_ancestral", {}, scale_noise_like="sigma"),
-    Case("LMSDiscrete", "LMSDiscreteScheduler", {}, "lms", {}, scale_noise_like="sigma"),
-    Case("SA-Solver p2 c2 tau=0", "SASolverScheduler", dict(tau_func=lambda t: 0), "sa_solver",
-         dict(tau=0.0, to_zero=False)),
-    Case("UniPC bh2 p=2", "UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2"), "unipc", dict(order=2),
-         grid_from_diffusers=True),
-    Case("UniPC bh2 p=3", "UniPCMultistepScheduler", dict(solver_order=3, solver_type="bh2"), "unipc", dict(order=3),
-         grid_from_diffusers=True),
+    Case("DDIM eta=0", "DDIMScheduler", dict(set_alpha_to_one=True), step_kwargs={"eta": 0.0}),
+    Case("DDIM eta=1", "DDIMScheduler", dict(set_alpha_to_one=True), step_kwargs={"eta": 1.0}),
+    Case("DDPM fixed_small", "DDPMScheduler", dict(variance_type="fixed_small")),
+    Case("DDPM fixed_large", "DDPMScheduler", dict(variance_type="fixed_large")),
+    Case("PNDM (PRK warm-up)", "PNDMScheduler", dict(skip_prk_steps=False, set_alpha_to_one=True)),
+    Case("PNDM skip_prk_steps", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=True)),
+    Case("PNDM skip_prk, alpha_1=abar_0", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=False)),
+    Case("EulerDiscrete", "EulerDiscreteScheduler", {}),
+    Case("HeunDiscrete", "HeunDiscreteScheduler", {}),
+    Case("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
+    Case("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
+    Case("EulerAncestral", "EulerAncestralDiscreteScheduler", {}),
+    Case("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}),
+    Case("LMSDiscrete", "LMSDiscreteScheduler", {}),
+    Case("SA-Solver p2 c2", "SASolverScheduler", {}),
+    Case("UniPC bh2 p=2", "UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2")),
+    Case("UniPC bh2 p=3", "UniPCMultistepScheduler", dict(solver_order=3, solver_type="bh2")),
     Case("DPM-Solver++ 2M heun (RES)", "DPMSolverMultistepScheduler",
-         dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False),
-         "res_multistep", {}, grid_from_diffusers=True),
+         dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False)),
+    Case("DPM-Solver++ 2S singlestep", "DPMSolverSinglestepScheduler", dict(solver_order=2)),
+    Case("DPM-Solver++ 3S singlestep", "DPMSolverSinglestepScheduler", dict(solver_order=3)),
 ]
 
 SPACINGS = grids.SPACINGS
 
-#: Cells where diffusers makes a choice our samplers do not reproduce, and why.
-NOT_COMPARABLE = {
-    ("DDIM eta=0", "linspace"): "diffusers' DDIM steps t -> t - T//N, not to the next linspace timestep",
-    ("DDIM eta=1", "linspace"): "diffusers' DDIM steps t -> t - T//N, not to the next linspace timestep",
-    ("PNDM (PRK warm-up)", "linspace"): "diffusers' PNDM steps t -> t - T//N, not to the next linspace timestep",
-    ("PNDM skip_prk_steps", "linspace"): "diffusers' PNDM steps t -> t - T//N, not to the next linspace timestep",
-    ("PNDM skip_prk, alpha_1=abar_0", "linspace"): "diffusers' PNDM steps t -> t - T//N",
-    **{(label, spacing): "diffusers' SA-Solver spaces linspace/leading over N + 1 timesteps and ends at timestep 0"
-       for label in ("SA-Solver p2 c2 tau=0",)
-       for spacing in ("linspace", "leading")},
-    ("DDPM fixed_large", "trailing"): "diffusers adds beta-variance noise on its final step into the data "
-                                       "(last timestep 99 > 0); we add none on a step onto sigma = 0",
-}
+
+def _scheduler(case: Case, spacing: str, base: Optional[Dict[str, Any]] = None) -> Any:
+    """The case's diffusers scheduler over the pipeline's scheduler config (``base``; default
+    DDPMScheduler's, which :func:`make_tiny_pipeline` saves), at this timestep spacing."""
+    import diffusers
+
+    if base is None:  # (diffusers' _use_default_values would override the values given here)
+        base = {k: v for k, v in diffusers.DDPMScheduler().config.items() if not k.startswith("_")}
+    return getattr(diffusers, case.scheduler).from_config(
+        {**base, "timestep_spacing": spacing, "clip_sample": False, **case.scheduler_config})
+
+
+def not_comparable(steps: int = 10) -> Dict[tuple, str]:
+    """(case label, spacing) -> why from_diffusers' mapping does not reproduce diffusers there:
+    :func:`solvers.exact_in_diffusers`' verdict for each of :data:`CASES`."""
+    _quiet_diffusers()
+    notes = {}
+    for case in CASES:
+        for spacing in SPACINGS:
+            note = solvers.exact_in_diffusers(_scheduler(case, spacing), steps, **case.step_kwargs)
+            if note:
+                notes[(case.label, spacing)] = note
+    return notes
+
+
+def __getattr__(name: str) -> Any:
+    # NOT_COMPARABLE: the cells not_comparable() names for the table's 10 steps, computed on
+    # first use (it builds diffusers schedulers).
+    if name == "NOT_COMPARABLE":
+        globals()["NOT_COMPARABLE"] = not_comparable()
+        return globals()["NOT_COMPARABLE"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _quiet_diffusers() -> None:
@@ -112,14 +132,17 @@ def _quiet_diffusers() -> None:
 
 
 def diffusers_loop(scheduler: Any, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor,
-                   steps: int, **step_kwargs: Any) -> torch.Tensor:
+                   steps: int, set_timesteps_kwargs: Optional[Dict[str, Any]] = None, **step_kwargs: Any) -> torch.Tensor:
     """diffusers' own denoising loop with a configured scheduler: set_timesteps(steps), start from
-    latents x init_noise_sigma, then net(scale_model_input(x, t), t) and step() for each timestep."""
-    scheduler.set_timesteps(steps, device=latents.device)
-    x = latents * scheduler.init_noise_sigma
+    latents x init_noise_sigma (1 where a scheduler has none: flow matching), then
+    net(scale_model_input(x, t), t) (x itself where there is no scale_model_input) and step() for
+    each timestep."""
+    scheduler.set_timesteps(steps, device=latents.device, **(set_timesteps_kwargs or {}))
+    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            x = scheduler.step(net(scheduler.scale_model_input(x, t), t), t, x, **step_kwargs).prev_sample
+            x = scheduler.step(net(scale(x, t), t), t, x, **step_kwargs).prev_sample
     return x
 
 
@@ -139,16 +162,22 @@ def _diffusers_case(pipe_dir: Path, case: Case, spacing: str, steps: int, latent
     return x, [float(t) for t in sched.timesteps], float(sched.init_noise_sigma)
 
 
-def _network(pipe_dir: Path, network: str, dtype: torch.dtype):
-    """(our DiffusionModel, the same network as diffusers' loop calls it: net(x, t) -> eps)."""
+def _network(pipe_dir: Path, network: str, dtype: torch.dtype, interpolation: str = "log_alpha",
+             round_net_input: bool = False):
+    """(our DiffusionModel, the same network as diffusers' loop calls it: net(x, t) -> eps).
+    ``interpolation``, ``round_net_input``: the gmm's DiscreteVP options."""
     model = zoo.load(f"diffusers:{pipe_dir}")
     if network == "unet":
         model.net.to(dtype)
         return model, lambda x, t: model.net(x, t.expand(x.shape[0]).to(x.dtype))
     if network == "gmm":
-        preset = zoo.load("gmm:image3x8x8", schedule=model.schedule)
+        from score_models.schedules import DiscreteVP
+
+        schedule = DiscreteVP(alphas_cumprod=model.schedule.alphas_cumprod, interpolation=interpolation,
+                              round_net_input=round_net_input)
+        preset = zoo.load("gmm:image3x8x8", schedule=schedule)
         exact = GaussianMixture(preset.means.reshape(-1, 3, 8, 8), preset.variances.sqrt().reshape(-1, 3, 8, 8),
-                                preset.weights, schedule=model.schedule, prediction="eps")
+                                preset.weights, schedule=schedule, prediction="eps")
         return exact, lambda x, t: exact.net(x, torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]))
     raise ValueError(f"unknown network {network!r}; valid: gmm, unet")
 
@@ -156,7 +185,12 @@ def _network(pipe_dir: Path, network: str, dtype: torch.dtype):
 def run_case(pipe_dir: Path, case: Case, spacing: str, network: str = "gmm", steps: int = 10, n: int = 4,
              seed: int = 0, dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
     """Run one case both ways (network and states in ``dtype``; diffusers keeps its float32
-    alphas_cumprod); returns max |ours - diffusers| and the counted NFE of each."""
+    alphas_cumprod); returns max |ours - diffusers| and the counted NFE of each, and (for a
+    case mapped by from_diffusers) exact_in_diffusers' note."""
+    if case.sampler is None:
+        row = run_scheduler(pipe_dir, case.scheduler, case.scheduler_config, spacing, steps, case.step_kwargs,
+                            network=network, n=n, seed=seed, dtype=dtype)
+        return {**row, "case": case.label}
     _quiet_diffusers()
     latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
     model, net = _network(pipe_dir, network, dtype)
@@ -210,6 +244,9 @@ SCHEDULER_CASES: List[tuple] = [
     ("UniPCMultistepScheduler", {"final_sigmas_type": "sigma_min"}, {}),
     ("DEISMultistepScheduler", {}, {}), ("DEISMultistepScheduler", {"solver_order": 3}, {}),
     ("SASolverScheduler", {}, {}), ("SASolverScheduler", {"predictor_order": 3, "corrector_order": 4}, {}),
+    # no timestep_spacing: its linspace timesteps whatever the pipeline's spacing
+    ("DPMSolverSinglestepScheduler", {}, {}), ("DPMSolverSinglestepScheduler", {"solver_order": 3}, {}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3, "solver_type": "heun", "final_sigmas_type": "sigma_min"}, {}),
 ]
 
 
@@ -220,12 +257,15 @@ def scheduler_case_label(class_name: str, config: Dict[str, Any], step_arguments
 
 def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spacing: str, steps: int = 10,
                   step_arguments: Optional[Dict[str, Any]] = None, network: str = "gmm", n: int = 3, seed: int = 0,
-                  dtype: torch.dtype = torch.float64) -> Dict[str, Any]:
+                  dtype: torch.dtype = torch.float64, fractional_timesteps: bool = False,
+                  round_net_input: bool = False) -> Dict[str, Any]:
     """diffusers' own loop with ``class_name`` (the pipeline's scheduler config, ``timestep_spacing``
     = spacing, ``config`` over it) against :func:`solvers.sample` with the sampler and options
     :func:`solvers.from_diffusers` maps it to, from the same latents, budget = diffusers' network
     calls; per-step noise from equally seeded generators. Returns the relative max difference,
-    both counts and :func:`solvers.exact_in_diffusers`' verdict."""
+    both counts and :func:`solvers.exact_in_diffusers`' verdict. ``fractional_timesteps``: passed
+    to from_diffusers, with the gmm's DiscreteVP interpolating sigma~ linearly, as diffusers does;
+    ``round_net_input``: the gmm's DiscreteVP calls its network at rounded timesteps."""
     import diffusers
 
     _quiet_diffusers()
@@ -233,8 +273,8 @@ def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spaci
     base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
     scheduler = getattr(diffusers, class_name).from_config(
         {**base, "timestep_spacing": spacing, "clip_sample": False, **config})
-    name, options = solvers.from_diffusers(scheduler, **step_arguments)
-    model, net = _network(pipe_dir, network, dtype)
+    name, options = solvers.from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
+    model, net = _network(pipe_dir, network, dtype, "sigma" if fractional_timesteps else "log_alpha", round_net_input)
     latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
     calls = []
 
@@ -254,7 +294,8 @@ def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spaci
             "max_rel_diff": float((ours - theirs).abs().max() / theirs.abs().max()),
             "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
             "nfe_ours": stats["nfe"], "diffusers_calls": len(calls),
-            "note": solvers.exact_in_diffusers(scheduler, steps) or ""}
+            "note": solvers.exact_in_diffusers(scheduler, steps, fractional_timesteps=fractional_timesteps,
+                                               **step_arguments) or ""}
 
 
 def equivalence_table(steps: int = 10, cases: Sequence[Case] = tuple(CASES),
@@ -266,24 +307,21 @@ def equivalence_table(steps: int = 10, cases: Sequence[Case] = tuple(CASES),
             for spacing in SPACINGS:
                 for network in networks:
                     row = run_case(pipe_dir, case, spacing, network=network, steps=steps)
-                    row["note"] = NOT_COMPARABLE.get((case.label, spacing), "")
+                    row.setdefault("note", "")
                     rows.append(row)
     return rows
 
 
 #: diffusers' EDM schedulers (sigma-space, EDM preconditioning) and the nfebench call that equals each.
 EDM_CASES: List[Case] = [
-    Case("EDMEuler karras", "EDMEulerScheduler", dict(sigma_schedule="karras"), "euler", dict(grid="karras")),
-    Case("EDMEuler exponential", "EDMEulerScheduler", dict(sigma_schedule="exponential"), "euler",
-         dict(grid="exponential")),
-    Case("EDMDPMSolverMultistep 2M", "EDMDPMSolverMultistepScheduler", dict(solver_order=2), "dpm_solver",
-         dict(order=2, grid="karras")),
-    Case("EDMDPMSolverMultistep 3M", "EDMDPMSolverMultistepScheduler", dict(solver_order=3), "dpm_solver",
-         dict(order=3, third_order_term="diffusers", grid="karras")),
+    Case("EDMEuler karras", "EDMEulerScheduler", dict(sigma_schedule="karras")),
+    Case("EDMEuler exponential", "EDMEulerScheduler", dict(sigma_schedule="exponential")),
+    Case("EDMDPMSolverMultistep 2M", "EDMDPMSolverMultistepScheduler", dict(solver_order=2)),
+    Case("EDMDPMSolverMultistep 3M", "EDMDPMSolverMultistepScheduler", dict(solver_order=3)),
     Case("EDMDPMSolverMultistep 2M exponential", "EDMDPMSolverMultistepScheduler",
-         dict(solver_order=2, sigma_schedule="exponential"), "dpm_solver", dict(order=2, grid="exponential")),
+         dict(solver_order=2, sigma_schedule="exponential")),
     Case("EDMDPMSolverMultistep 2M heun (RES)", "EDMDPMSolverMultistepScheduler",
-         dict(solver_order=2, solver_type="heun", lower_order_final=False), "res_multistep", dict(grid="karras")),
+         dict(solver_order=2, solver_type="heun", lower_order_final=False)),
 ]
 
 
@@ -314,15 +352,65 @@ def run_edm_case(case: Case, steps: int = 10, n: int = 8, seed: int = 0) -> Dict
     start = exact.nfe
     theirs = diffusers_loop(scheduler, _edm_network(scheduler, exact), latents, steps)
     calls = exact.nfe - start
-    # diffusers starts from latents x sqrt(sigma_max^2 + 1); ours from prior_std x noise: same state.
-    noise = latents * float(scheduler.init_noise_sigma) / exact.schedule.prior_std
-    spec = solvers.get(case.sampler)
+    # from_diffusers' start_noise="unit_data" starts from latents x sqrt(sigma_max^2 + 1), as diffusers.
+    name, options = solvers.from_diffusers(scheduler)
     stats: Dict[str, Any] = {}
-    ours = solvers.sample(case.sampler, exact, noise, nfe=spec.count(steps, True, case.options), stats=stats,
-                          **case.options)
+    ours = solvers.sample(name, exact, latents, nfe=calls, stats=stats, **options)
     return {"case": case.label, "spacing": "-", "network": "gmm", "steps": steps,
             "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
             "nfe_ours": stats["nfe"], "diffusers_calls": calls}
+
+
+#: diffusers' flow-matching schedulers: (class, config, from_diffusers arguments (mu)).
+FLOW_CASES: List[tuple] = [
+    ("FlowMatchEulerDiscreteScheduler", {}, {}), ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 0.5, "num_train_timesteps": 500}, {}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, {"mu": 0.7}),
+    ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True, "time_shift_type": "linear"}, {"mu": 2.5}),
+    ("FlowMatchHeunDiscreteScheduler", {}, {}), ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, {}),
+]
+
+
+def flow_mixture(t_min: float = 1e-4) -> GaussianMixture:
+    """The image-shaped exact mixture on rectified flow from t = 1 (diffusers' sigma = 1) with
+    flow (velocity) prediction, as diffusers' flow-matching transformers predict."""
+    from score_models.schedules import RectifiedFlow
+
+    schedule = RectifiedFlow(t_min=t_min, t_max=1.0)
+    preset = zoo.load("gmm:image3x8x8", schedule=schedule)
+    return GaussianMixture(preset.means.reshape(-1, 3, 8, 8), preset.variances.sqrt().reshape(-1, 3, 8, 8),
+                           preset.weights, schedule=schedule, prediction="flow")
+
+
+def run_flow_case(class_name: str, config: Dict[str, Any], steps: int = 10,
+                  step_arguments: Optional[Dict[str, Any]] = None, n: int = 3, seed: int = 0) -> Dict[str, Any]:
+    """A diffusers FlowMatch scheduler's own loop against :func:`solvers.from_diffusers`' sampler
+    on :func:`flow_mixture` (float64), from the same latents, budget = diffusers' network calls.
+    diffusers calls the network at timestep = sigma T and steps with its velocity."""
+    import diffusers
+
+    _quiet_diffusers()
+    step_arguments = dict(step_arguments or {})
+    scheduler = getattr(diffusers, class_name).from_config(config)
+    name, options = solvers.from_diffusers(scheduler, **step_arguments)
+    exact = flow_mixture()
+    t_train = scheduler.config.num_train_timesteps
+
+    def net(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return exact.flow(x, torch.as_tensor(timestep, dtype=torch.float64) / t_train)
+
+    latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+    start = exact.nfe
+    theirs = diffusers_loop(scheduler, net, latents, steps, set_timesteps_kwargs=step_arguments)
+    calls = exact.nfe - start
+    stats: Dict[str, Any] = {}
+    ours = solvers.sample(name, exact, latents, nfe=calls, stats=stats, **options)
+    return {"case": scheduler_case_label(class_name, config, step_arguments), "spacing": "-", "network": "gmm",
+            "steps": steps, "sampler": name, "options": options,
+            "max_rel_diff": float((ours - theirs).abs().max() / theirs.abs().max()),
+            "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
+            "nfe_ours": stats["nfe"], "diffusers_calls": calls,
+            "note": solvers.exact_in_diffusers(scheduler, steps, **step_arguments) or ""}
 
 
 def edm_equivalence_table(steps: Sequence[int] = (7, 10, 13)) -> List[Dict[str, Any]]:
@@ -335,7 +423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     print(f"{'diffusers scheduler':<30} {'spacing':<9} {'network':<7} {'max|diff|':>10} {'max|x|':>8} {'NFE ours':>8} "
           f"{'diffusers calls':>15}  note")
-    for r in equivalence_table(args.steps) + edm_equivalence_table((args.steps,)):
+    flow_rows = [run_flow_case(c, config, args.steps, arguments) for c, config, arguments in FLOW_CASES]
+    for r in equivalence_table(args.steps) + edm_equivalence_table((args.steps,)) + flow_rows:
         print(f"{r['case']:<30} {r['spacing']:<9} {r['network']:<7} {r['max_abs_diff']:10.2e} {r['max_abs_value']:8.3g} "
               f"{r['nfe_ours']:8d} {r['diffusers_calls']:15d}  {r['note']}")
 

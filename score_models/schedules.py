@@ -270,6 +270,10 @@ class VPCosine(_VPMixin, Schedule):
         return f"s={self.s}, t in [{self.t_min}, {self.t_max}]"
 
 
+#: How DiscreteVP interpolates between its training timesteps: log alpha or sigma~ = sigma/alpha linear.
+INTERPOLATIONS = ("log_alpha", "sigma")
+
+
 class DiscreteVP(_VPMixin, Schedule):
     """DDPM's discrete schedule (Ho et al. 2020) over integer timesteps n = 0..N-1.
 
@@ -279,13 +283,28 @@ class DiscreteVP(_VPMixin, Schedule):
     does), which makes lambda(t) monotone and invertible and f(t) piecewise constant.
     t_data = -1 carries abar = 1 (diffusers' ``set_alpha_to_one`` final step), so a sampler that
     ends at t_data lands on sigma = 0; the network is never called there.
+
+    ``interpolation="sigma"`` interpolates sigma~ = sigma/alpha linearly between the timesteps
+    instead, as diffusers' sigma-space schedulers (EulerDiscrete, HeunDiscrete, LMSDiscrete, ...)
+    do at the fractional timesteps of their unrounded linspace spacing (``grid="uniform"`` from
+    T-1 to 0 visits the same ones); off by default: f(t) is then not piecewise constant.
+
+    ``round_net_input=True`` calls the network at the nearest training timestep of t, while the
+    samplers' coefficients (alpha, sigma) stay at t itself: diffusers' DPMSolverMultistep,
+    DPMSolverSinglestep and UniPCMultistep do this on Karras sigmas, which fall between timesteps.
+    Off by default: the state at t is then read by a network as if at round(t).
     """
 
     name = "discrete_vp"
     t_data = -1.0
     discretisation_step = 1.0
 
-    def __init__(self, *, betas: torch.Tensor | None = None, alphas_cumprod: torch.Tensor | None = None):
+    def __init__(self, *, betas: torch.Tensor | None = None, alphas_cumprod: torch.Tensor | None = None,
+                 interpolation: str = "log_alpha", round_net_input: bool = False):
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+        self.interpolation = interpolation
+        self.round_net_input = bool(round_net_input)
         if (betas is None) == (alphas_cumprod is None):
             raise ValueError("DiscreteVP needs exactly one of betas= or alphas_cumprod=")
         if betas is not None:
@@ -306,6 +325,8 @@ class DiscreteVP(_VPMixin, Schedule):
         self._knots_t = torch.arange(-1, self.num_train_timesteps, dtype=torch.float64)
         self._knots_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(abar)])
         self._slopes = torch.diff(self._knots_log_alpha)
+        self._knots_sigma_tilde = torch.sqrt(torch.expm1(-2.0 * self._knots_log_alpha))
+        self._sigma_slopes = torch.diff(self._knots_sigma_tilde)
 
     @classmethod
     def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteVP":
@@ -339,26 +360,48 @@ class DiscreteVP(_VPMixin, Schedule):
         idx = torch.searchsorted(self._knots_t, t.contiguous(), right=True) - 1
         return idx.clamp(0, self._slopes.numel() - 1)
 
+    def net_input(self, t: TimeLike) -> torch.Tensor:
+        t = as_time(t)
+        return torch.round(t) if self.round_net_input else t
+
+    def _sigma_tilde_linear(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma~(t), d sigma~/dt) with sigma~ piecewise linear in t (interpolation="sigma")."""
+        i = self._segment(t)
+        return self._knots_sigma_tilde[i] + self._sigma_slopes[i] * (t - self._knots_t[i]), self._sigma_slopes[i]
+
     def log_alpha(self, t: TimeLike) -> torch.Tensor:
         t = as_time(t)
+        if self.interpolation == "sigma":
+            # alpha = 1/sqrt(1 + sigma~^2) on a VP schedule
+            return -0.5 * torch.log1p(self._sigma_tilde_linear(t)[0] ** 2)
         i = self._segment(t)
         return self._knots_log_alpha[i] + self._slopes[i] * (t - self._knots_t[i])
 
     def dlog_alpha_dt(self, t: TimeLike) -> torch.Tensor:
-        # Right derivative at the knots (log alpha is piecewise linear).
-        return self._slopes[self._segment(as_time(t))]
+        # Right derivative at the knots (log alpha, or sigma~, is piecewise linear).
+        t = as_time(t)
+        if self.interpolation == "sigma":
+            sigma_tilde, slope = self._sigma_tilde_linear(t)
+            return -sigma_tilde * slope / (1.0 + sigma_tilde ** 2)
+        return self._slopes[self._segment(t)]
 
     def t_from_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
-        # log alpha decreases along the knots; flip to interpolate on an increasing axis.
-        xs = self._knots_log_alpha.flip(0)
-        ts = self._knots_t.flip(0)
-        la = log_alpha.clamp(min=float(xs[0]), max=0.0)
-        j = (torch.searchsorted(xs, la, right=True) - 1).clamp(0, xs.numel() - 2)
-        w = (la - xs[j]) / (xs[j + 1] - xs[j])
+        # log alpha decreases along the knots (sigma~ increases): interpolate on an increasing axis.
+        if self.interpolation == "sigma":
+            xs, ts = self._knots_sigma_tilde, self._knots_t
+            values = torch.sqrt(torch.expm1(-2.0 * log_alpha.clamp(max=0.0))).clamp(max=float(xs[-1]))
+        else:
+            xs, ts = self._knots_log_alpha.flip(0), self._knots_t.flip(0)
+            values = log_alpha.clamp(min=float(xs[0]), max=0.0)
+        j = (torch.searchsorted(xs, values, right=True) - 1).clamp(0, xs.numel() - 2)
+        w = (values - xs[j]) / (xs[j + 1] - xs[j])
         return ts[j] + w * (ts[j + 1] - ts[j])
 
     def describe(self) -> str:
-        return f"{self.num_train_timesteps} steps, abar in [{self.alphas_cumprod[-1].item():.3g}, {self.alphas_cumprod[0].item():.6g}]"
+        extra = (", sigma~ interpolated linearly" if self.interpolation == "sigma" else "") + (
+            ", network at rounded timesteps" if self.round_net_input else "")
+        return (f"{self.num_train_timesteps} steps, abar in [{self.alphas_cumprod[-1].item():.3g}, "
+                f"{self.alphas_cumprod[0].item():.6g}]{extra}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -458,6 +501,9 @@ class RectifiedFlow(Schedule):
 
     f = -1/(1-t), g^2 = 2t/(1-t). sigma/alpha is infinite at t = 1, so samplers that work in the
     scaled space start at t_max = 0.999 by default; x_T = noise there (prior_std = 1).
+    ``t_max=1.0`` admits t = 1 (alpha = 0, pure noise), where diffusers' flow-matching schedulers
+    start: only samplers whose update stays finite at alpha = 0 can start there (euler, ddim,
+    heun with form="velocity"); the others return inf/NaN from sigma/alpha = inf.
     """
 
     t_min: float = 1e-3
@@ -467,8 +513,8 @@ class RectifiedFlow(Schedule):
     prior_std = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.t_min < self.t_max < 1:
-            raise ValueError(f"need 0 < t_min < t_max < 1, got {self.t_min}, {self.t_max}")
+        if not 0 < self.t_min < self.t_max <= 1:
+            raise ValueError(f"need 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
     def alpha(self, t: TimeLike) -> torch.Tensor:
         return 1.0 - as_time(t)

@@ -8,9 +8,21 @@ computes the same update and how its config values become options. The time grid
 the class's family (:class:`Family`): which training timesteps diffusers visits for each
 ``timestep_spacing``, where its last step ends, and how it scales the starting latents
 (``init_noise_sigma``). A config value the table does not map (``thresholding=True``, a
-``tau_func``, a flow-matching shift, ...) is refused with a ValueError naming the value and the
+``tau_func``, ``invert_sigmas``, ...) is refused with a ValueError naming the value and the
 values that are valid; values that only define the schedule (betas, ``num_train_timesteps``)
 belong to the model and are not read here.
+
+Mapped exactly besides the DDPM-schedule and EDM families:
+
+- DPMSolverSinglestepScheduler -> ``dpm_solver_singlestep(intermediate="grid")``: a step of order
+  k spans k of diffusers' timesteps, the orders by its get_order_list; dpmsolver++ only.
+- FlowMatchEulerDiscreteScheduler -> ``euler``, FlowMatchHeunDiscreteScheduler -> ``heun`` with
+  ``form="velocity"`` (diffusers averages velocities; heun's default scaled form differs at
+  second order and is undefined at t = 1), both on ``grid="shifted"`` (SD3's time shift) from
+  t = 1, so on a model with ``RectifiedFlow(t_max=1.0)`` and flow prediction. Dynamic shifting
+  takes diffusers' set_timesteps ``mu`` as ``from_diffusers(scheduler, mu=...)``; inverted
+  sigmas, stochastic sampling, ``shift_terminal`` and Karras / exponential / beta sigmas (spaced
+  in sigma = t, not sigma/alpha) are refused.
 
 Where diffusers' arithmetic is not what a grid of times can say, the mapping gives the
 consistent choice and :func:`exact_in_diffusers` says that the two differ:
@@ -22,9 +34,12 @@ consistent choice and :func:`exact_in_diffusers` says that the two differ:
   spacing when N - 1 does not divide T - 1, and interpolate sigma~ linearly between integer
   timesteps there; nfebench's discrete schedule interpolates log alpha (which keeps lambda(t)
   monotone and the PF-ODE's coefficients piecewise smooth) and its linspace spacing rounds to
-  integer timesteps, as the network was trained on.
+  integer timesteps, as the network was trained on. ``from_diffusers(fractional_timesteps=True)``
+  on a model with ``DiscreteVP(interpolation="sigma")`` reproduces diffusers here (off by default).
 - With karras / exponential / beta sigmas diffusers steps with the unrounded sigma but calls
-  the network at a rounded (or log-sigma interpolated) timestep.
+  the network at a rounded (or log-sigma interpolated) timestep. A model on
+  ``DiscreteVP(round_net_input=True)`` reproduces the rounding of DPMSolverMultistep,
+  DPMSolverSinglestep and UniPCMultistep with karras sigmas (off by default).
 
 :func:`exact_in_diffusers` names, per scheduler configuration, which of these applies;
 ``python -m benchmarks.diffusers_costs`` measures what each costs on an exact mixture.
@@ -60,12 +75,18 @@ class Family:
     end: str = "zero"
     start: str = "prior"
     sigma_grids: bool = False
+    fixed_spacing: Optional[str] = None  # the spacing of a class without timestep_spacing
 
 
 STRIDE = Family("stride", end="set_alpha_to_one")
+#: DPMSolverSinglestep has no timestep_spacing: linspace over N + 1 timesteps, the last dropped.
+SINGLESTEP = Family("singlestep", drop_last_for=("linspace",), end="final_sigmas_type", sigma_grids=True,
+                    fixed_spacing="linspace")
 SIGMA_SPACE = Family("sigma_space", start="sigma_space", sigma_grids=True)
 MULTISTEP = Family("multistep", drop_last_for=("linspace", "leading"), end="final_sigmas_type", sigma_grids=True)
 EDM_FAMILY = Family("edm", spacing=False, end="final_sigmas_type", start="edm")
+#: Flow matching: sigma = t of rectified flow, from 1 (pure noise) to the shifted end, then 0.
+FLOW_MATCH = Family("flow_match", spacing=False)
 STUDENT = Family("student", spacing=False)
 
 
@@ -150,6 +171,13 @@ SCHEDULERS: Dict[str, SchedulerMapping] = {
         "dpmpp_sde", SIGMA_SPACE, {"noise_sampler_seed": None}, lambda c: {"noise_sampler": "brownian"},
         note="the Brownian tree's seed comes from nfebench's generator, not noise_sampler_seed"),
     "DPMSolverMultistepScheduler": SchedulerMapping("dpm_solver", MULTISTEP, {**_DPM_ACCEPTS, **_NO_FLOW}),
+    "DPMSolverSinglestepScheduler": SchedulerMapping(
+        "dpm_solver_singlestep", SINGLESTEP,
+        {**_DPM_ACCEPTS, "algorithm_type": ("dpmsolver++",), "lower_order_final": (True, False),
+         "use_flow_sigmas": (False,), "flow_shift": (1.0,), "use_dynamic_shifting": (False,), "time_shift_type": None},
+        lambda c: {"order": int(c.get("solver_order", 2)), "intermediate": "grid",
+                   "solver_type": c.get("solver_type", "midpoint"), "lower_order_final": bool(c.get("lower_order_final", False))},
+        note="a step of order k spans k of diffusers' timesteps (intermediate='grid'), orders by its get_order_list"),
     "UniPCMultistepScheduler": SchedulerMapping(
         "unipc", MULTISTEP,
         {"solver_order": _ORDERS, "solver_type": ("bh1", "bh2"), "predict_x0": (True, False),
@@ -173,6 +201,16 @@ SCHEDULERS: Dict[str, SchedulerMapping] = {
         lambda c: {"predictor_order": int(c.get("predictor_order", 2)), "corrector_order": int(c.get("corrector_order", 2)),
                    "lower_order_final": bool(c.get("lower_order_final", True))},
         note="a tau_func other than diffusers' default cannot be read; use sa_solver's tau options"),
+    "FlowMatchEulerDiscreteScheduler": SchedulerMapping(
+        "euler", FLOW_MATCH,
+        {"shift": None, "use_dynamic_shifting": (True, False), "time_shift_type": ("exponential", "linear"),
+         "base_shift": None, "max_shift": None, "base_image_seq_len": None, "max_image_seq_len": None,
+         "invert_sigmas": (False,), "shift_terminal": (None,), "stochastic_sampling": (False,),
+         "use_karras_sigmas": (False,), "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)},
+        note="dynamic shifting's mu is an argument of diffusers' set_timesteps(): pass it as from_diffusers(mu=); "
+             "base_shift, max_shift and the image sequence lengths are the pipeline's recipe for mu"),
+    "FlowMatchHeunDiscreteScheduler": SchedulerMapping("heun", FLOW_MATCH, {"shift": None},
+                                                       lambda c: {"form": "velocity"}),
     "EDMEulerScheduler": SchedulerMapping("euler", EDM_FAMILY, {"sigma_data": None}),
     "EDMDPMSolverMultistepScheduler": SchedulerMapping(
         "dpm_solver", EDM_FAMILY, {"sigma_data": None, **_DPM_ACCEPTS}),
@@ -203,6 +241,8 @@ _EDM_KEYS = {"sigma_min": None, "sigma_max": None, "rho": None, "sigma_schedule"
              "final_sigmas_type": ("zero", "sigma_min")}
 #: step() arguments diffusers takes per call, and the nfebench option each becomes.
 STEP_ARGUMENTS = {"DDIMScheduler": {"eta": "eta"}, "TCDScheduler": {"eta": "gamma"}, "LMSDiscreteScheduler": {"order": "order"}}
+#: Schedulers whose set_timesteps(mu=) shifts the grid (with use_dynamic_shifting): from_diffusers(mu=).
+SET_TIMESTEPS_MU = ("FlowMatchEulerDiscreteScheduler",)
 
 
 def scheduler_config(scheduler: Any) -> Tuple[str, Dict[str, Any]]:
@@ -279,8 +319,42 @@ def _check_values(name: str, config: Dict[str, Any], mapping: SchedulerMapping) 
         raise ValueError(f"{name} config sets {', '.join(chosen)}; diffusers allows one of them")
 
 
-def _grid_options(name: str, config: Dict[str, Any], family: Family) -> Dict[str, Any]:
+def _flow_match_shift(name: str, config: Mapping[str, Any], mu: Optional[float]) -> Tuple[float, float]:
+    """(shift, the unshifted end of the grid) of a FlowMatch scheduler: diffusers spaces its
+    timesteps evenly between sigma_max = 1 and its sigma_min, then shifts them. A static
+    ``shift`` is applied to the training sigmas too, so sigma_min = shift(1/T) is shifted twice;
+    with ``use_dynamic_shifting`` the shift is exp(mu) (``time_shift_type="exponential"``) or mu
+    ("linear"), applied once, and mu comes from set_timesteps(mu=)."""
+    t_train = int(config.get("num_train_timesteps", 1000))
+    if config.get("use_dynamic_shifting", False):
+        if mu is None:
+            raise ValueError(f"{name} config use_dynamic_shifting=True needs mu (an argument of diffusers' "
+                             f"set_timesteps()); pass from_diffusers(scheduler, mu=...)")
+        linear = config.get("time_shift_type", "exponential") == "linear"
+        if linear and not mu > 0:
+            raise ValueError(f"{name} time_shift_type='linear' shifts by mu itself; mu={mu!r} is not valid; valid: mu > 0")
+        return (float(mu) if linear else math.exp(float(mu))), 1.0 / t_train
+    if mu is not None:
+        raise ValueError(f"{name}: mu={mu!r} applies only with config use_dynamic_shifting=True (diffusers ignores it "
+                         f"otherwise); valid: no mu")
+    shift = float(config.get("shift", 1.0))
+    if not shift > 0:
+        raise ValueError(f"{name} config shift={shift!r} is not supported; valid: shift > 0")
+    from .grids import time_shift
+
+    return shift, time_shift(1.0 / t_train, shift)
+
+
+def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optional[float] = None,
+                  fractional_timesteps: bool = False) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
+    if family is FLOW_MATCH:
+        from .grids import time_shift
+
+        shift, unshifted_end = _flow_match_shift(name, config, mu)
+        # rectified flow's t is diffusers' sigma: the grid starts at t = 1 (the model's schedule
+        # needs RectifiedFlow(t_max=1.0)), ends at the shifted end, then t = 0 (sigma = 0).
+        return {"grid": "shifted", "shift": shift, "t_max": 1.0, "t_min": float(time_shift(unshifted_end, shift))}
     if family is EDM_FAMILY:
         options["grid"] = config.get("sigma_schedule", "karras")
         if options["grid"] == "karras":
@@ -294,12 +368,16 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family) -> Dict[str
         return options
     sigma_grid = next((g for k, g in (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"),
                                       ("use_beta_sigmas", "beta")) if config.get(k)), None)
-    spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
+    spacing = family.fixed_spacing or config.get("timestep_spacing",
+                                                 _class_defaults(name).get("timestep_spacing", "leading"))
     if sigma_grid is not None:
         # diffusers spaces these sigmas between those of timesteps T-1 and 0.
         options.update(grid=sigma_grid, t_max=float(config.get("num_train_timesteps", 1000) - 1), t_min=0.0)
         if sigma_grid == "beta":
             options.update(beta_a=0.6, beta_b=0.6)
+    elif fractional_timesteps and family is SIGMA_SPACE and spacing == "linspace":
+        # linspace(T-1, 0, N) unrounded: the fractional timesteps diffusers visits
+        options.update(grid="uniform", t_max=float(config.get("num_train_timesteps", 1000) - 1), t_min=0.0)
     else:
         options["spacing"] = spacing
         if spacing == "leading" and int(config.get("steps_offset", 0)):
@@ -319,13 +397,20 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family) -> Dict[str
     return options
 
 
-def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str, Any]]:
+def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step_arguments: Any
+                   ) -> Tuple[str, Dict[str, Any]]:
     """(sampler name, options) that make :func:`solvers.sample` compute what diffusers' own loop
     with this scheduler computes (:func:`exact_in_diffusers` says where only approximately).
 
     ``scheduler``: a diffusers scheduler instance or its config dict (with ``_class_name``).
-    ``step_arguments``: what diffusers passes to ``step()`` rather than keeps in the config
-    (DDIM's ``eta``, TCD's ``eta`` = gamma, LMS's ``order``); see :data:`STEP_ARGUMENTS`.
+    ``step_arguments``: what diffusers passes to ``step()`` or ``set_timesteps()`` rather than
+    keeps in the config (DDIM's ``eta``, TCD's ``eta`` = gamma, LMS's ``order``, FlowMatchEuler's
+    ``mu``); see :data:`STEP_ARGUMENTS`.
+    ``fractional_timesteps`` (off by default): the sigma-space schedulers' linspace timesteps
+    unrounded (``grid="uniform"`` from T-1 to 0), as diffusers visits them; with a model whose
+    ``DiscreteVP(interpolation="sigma")`` interpolates sigma~ linearly between timesteps, as
+    diffusers does, this reproduces diffusers' loop there too. The default rounds to the integer
+    timesteps the network was trained on.
     Give ``nfe`` to solvers.sample as diffusers' number of network calls for its
     ``num_inference_steps`` (the sampler's NFE rule: ``solvers.get(name).count``).
     """
@@ -335,6 +420,10 @@ def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str
         raise ValueError(f"diffusers scheduler {name!r} has no nfebench sampler (run it with sampler 'diffusers'); "
                          f"valid: {', '.join(SCHEDULERS)}")
     _check_values(name, config, mapping)
+    if fractional_timesteps and mapping.family is not SIGMA_SPACE:
+        raise ValueError(f"fractional_timesteps=True applies to the sigma-space schedulers "
+                         f"({', '.join(n for n, m in SCHEDULERS.items() if m.family is SIGMA_SPACE)}), not {name}")
+    mu = step_arguments.pop("mu", None) if name in SET_TIMESTEPS_MU else None
     allowed = STEP_ARGUMENTS.get(name, {})
     unknown = sorted(set(step_arguments) - set(allowed))
     if unknown:
@@ -347,7 +436,7 @@ def from_diffusers(scheduler: Any, **step_arguments: Any) -> Tuple[str, Dict[str
     if name == "PNDMScheduler" and config.get("skip_prk_steps", False):
         sampler, options = "plms", {"warmup": "improved_euler"}
     options.update({allowed[k]: v for k, v in step_arguments.items()})
-    options.update(_grid_options(name, config, mapping.family))
+    options.update(_grid_options(name, config, mapping.family, mu, fractional_timesteps))
     from .registry import get
 
     spec = get(sampler)
@@ -375,20 +464,31 @@ def pipeline_grid_defaults(scheduler: Any) -> Tuple[Dict[str, Any], Optional[str
         note = None
     except ValueError as e:
         note = f"grid defaults from {name}; its sampler mapping refuses: {e}"
-    return _grid_options(name, config, mapping.family), note
+    try:
+        return _grid_options(name, config, mapping.family), note
+    except ValueError as e:  # a grid that needs a set_timesteps() argument (dynamic shifting's mu)
+        return {}, f"{name}'s grid cannot be read from its config: {e}"
 
 
-def exact_in_diffusers(scheduler: Any, num_inference_steps: int) -> Optional[str]:
+def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_timesteps: bool = False,
+                       **step_arguments: Any) -> Optional[str]:
     """None when :func:`from_diffusers`' mapping reproduces diffusers' loop for this many steps
-    (to diffusers' float32 round-off), else why not (see the module docstring)."""
+    (to diffusers' float32 round-off), else why not (see the module docstring). Arguments as
+    for :func:`from_diffusers`; with ``fractional_timesteps`` the verdict assumes a model whose
+    DiscreteVP interpolates sigma~ linearly (``interpolation="sigma"``)."""
     name, config = scheduler_config(scheduler)
     mapping = SCHEDULERS[name]
-    from_diffusers(scheduler)
+    from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
     family, n = mapping.family, int(num_inference_steps)
+    if family is FLOW_MATCH:
+        return None
     t_train = int(config.get("num_train_timesteps", 1000))
-    spacing = config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
+    spacing = family.fixed_spacing or config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
     if family is EDM_FAMILY and config.get("final_sigmas_type", "zero") == "sigma_min":
         return "diffusers' sigmas already end at sigma_min: its last step is zero-length and still calls the network"
+    if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS) and family.end == "timestep_0":
+        return ("diffusers' sigmas end with a zero-length step from sigma_min to itself that still calls the network "
+                "(and it calls the network at rounded or log-sigma interpolated timesteps)")
     if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):
         return "diffusers calls the network at a rounded or log-sigma interpolated timestep of each sigma"
     if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)):
@@ -399,7 +499,7 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int) -> Optional[str
     if name == "DDPMScheduler" and config.get("variance_type") == "fixed_large" and spacing == "trailing":
         return ("diffusers adds beta-variance noise on its last step, from timestep > 0 into the data; nfebench adds "
                 "none on a step onto sigma = 0")
-    if family is SIGMA_SPACE and spacing == "linspace" and n > 1 and (t_train - 1) % (n - 1):
+    if family is SIGMA_SPACE and spacing == "linspace" and n > 1 and (t_train - 1) % (n - 1) and not fractional_timesteps:
         return ("diffusers visits fractional timesteps (linspace unrounded) and interpolates sigma linearly "
                 "between integer timesteps there")
     if name == "KDPM2DiscreteScheduler" and spacing != "trailing":

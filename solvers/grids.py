@@ -31,6 +31,7 @@ class GridParams:
     vp_beta_d: float = 19.9  # vp: the VP-SDE's beta_d and beta_min (k-diffusion's get_sigmas_vp)
     vp_beta_min: float = 0.1
     lq_threshold: float = 0.025  # linear_quadratic: the noise fraction where linear turns quadratic
+    shift: float = 1.0  # shifted: SD3's time shift (1: uniform)
 
 
 def _sigma_range(schedule: Schedule, t_max: float, t_min: float) -> Tuple[float, float]:
@@ -109,11 +110,32 @@ def _linear_quadratic(schedule, u, t_max, t_min, p):
     return t_min + (t_max - t_min) * (1.0 - done)
 
 
+def time_shift(t, shift: float):
+    """SD3's resolution-dependent time shift t' = shift t / (1 + (shift - 1) t) of times in
+    [0, 1] (Esser et al. 2024, sec. 5.3.2; diffusers' FlowMatch schedulers' ``shift``): it keeps
+    0 and 1 and moves the times in between towards 1 (more noise) for shift > 1."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def _shifted(schedule, u, t_max, t_min, p):
+    # Evenly spaced before the shift: between the unshifted ends t / (shift - (shift - 1) t).
+    if not 0 <= t_min < t_max <= 1:
+        raise ValueError(f"grid 'shifted' shifts times in [0, 1] (rectified flow's t = sigma); got t_max={t_max}, "
+                         f"t_min={t_min} on {schedule.name}")
+    shift = p.shift
+
+    def unshift(t: float) -> float:
+        return t / (shift - (shift - 1) * t)
+
+    return time_shift(unshift(t_max) + u * (unshift(t_min) - unshift(t_max)), shift)
+
+
 #: Named grids: fraction u in [0, 1] of the way from t_max to t_min -> time.
 _GRID_FUNCTIONS: Dict[str, Callable[..., torch.Tensor]] = {
     "uniform": _uniform, "quadratic": _quadratic, "edm": _karras, "karras": _karras, "logsnr": _logsnr,
     "exponential": _logsnr, "polyexponential": _polyexponential, "vp": _vp, "kl_optimal": _kl_optimal,
     "beta": _beta, "linear_quadratic": _linear_quadratic, "normal": _uniform, "sgm_uniform": _uniform,
+    "shifted": _shifted,
 }
 #: Grids whose N levels are the first N of N + 1 (the last, t_min, is dropped before sigma = 0).
 _DROP_LAST_LEVEL = ("sgm_uniform", "beta", "linear_quadratic")
@@ -135,12 +157,14 @@ GRID_DESCRIPTIONS = {
     "linear_quadratic": "linear then quadratic in t (Mochi; ComfyUI's linear_quadratic, threshold lq_threshold)",
     "normal": "evenly in t from t_max to t_min (ComfyUI's normal; the same as uniform)",
     "sgm_uniform": "evenly in t over N + 1 points, the last dropped (ComfyUI's sgm_uniform)",
+    "shifted": "t in [0, 1] evenly spaced, then time-shifted: shift t / (1 + (shift - 1) t) (Esser et al. 2024, "
+               "sec. 5.3.2; diffusers' FlowMatch schedulers; shift = 1: uniform)",
     "simple": "every (T/N)-th training timestep from T-1 down (ComfyUI's simple; discrete schedules)",
     "ddim_uniform": "training timesteps 1 + k (T//N) (ComfyUI's ddim_uniform; discrete schedules)",
 }
 
 __all__ = ["GRIDS", "SPACINGS", "DISCRETE_GRIDS", "GRID_DESCRIPTIONS", "GridParams", "time_grid", "check_grid",
-           "spaced_times", "discrete_timesteps", "nested_times", "alpha_sigma_steps"]
+           "spaced_times", "discrete_timesteps", "nested_times", "alpha_sigma_steps", "time_shift"]
 
 
 def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float,

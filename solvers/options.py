@@ -104,6 +104,7 @@ GRID_OPTION_CHECKS: Dict[str, Tuple[Any, Optional[Check]]] = {
     "to_zero": (True, None), "spacing": ("leading", one_of(*SPACINGS)), "steps_offset": (0, at_least(0)),
     "discard_penultimate": (False, None), "beta_a": (0.6, above(0.0)), "beta_b": (0.6, above(0.0)),
     "vp_beta_d": (19.9, above(0.0)), "vp_beta_min": (0.1, at_least(0.0)), "lq_threshold": (0.025, above(0.0, 1.0)),
+    "shift": (1.0, above(0.0)),
     "drop_last_timestep": (False, None), "start_noise": ("prior", one_of("prior", "sigma", "unit_data")),
 }
 

@@ -22,7 +22,8 @@ from .rules import Rule
 
 #: Options that build the time grid (see :func:`solvers.grids.time_grid`).
 GRID_OPTIONS = ("grid", "rho", "t_min", "t_max", "to_zero", "spacing", "steps_offset", "discard_penultimate",
-                "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold", "drop_last_timestep", "start_noise")
+                "beta_a", "beta_b", "vp_beta_d", "vp_beta_min", "lq_threshold", "shift", "drop_last_timestep",
+                "start_noise")
 #: The grid options that shape the grid (as opposed to where it ends, to_zero, and how the noise
 #: starts, start_noise): a grid the caller names replaces a model's declared shape as a whole.
 GRID_SHAPE_OPTIONS = tuple(o for o in GRID_OPTIONS if o not in ("to_zero", "start_noise"))

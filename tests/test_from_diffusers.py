@@ -55,7 +55,9 @@ def test_mapping_reproduces_diffusers_where_it_says_so(pipe_dir, case, spacing):
 
 
 def test_every_mapped_class_is_run_side_by_side():
-    run = {c[0] for c in SCHEDULER_CASES}
+    from benchmarks.equivalence import FLOW_CASES
+
+    run = {c[0] for c in SCHEDULER_CASES + FLOW_CASES}
     students_and_edm = {n for n, m in SCHEDULERS.items() if m.family.name in ("student", "edm")}
     assert set(SCHEDULERS) - students_and_edm <= run
     for name, mapping in SCHEDULERS.items():
@@ -66,7 +68,8 @@ def test_cases_each_sampler_is_reached():
     reached = {solvers.from_diffusers(getattr(diffusers, c).from_config({"clip_sample": False, **cfg}), **sa)[0]
                for c, cfg, sa in SCHEDULER_CASES}
     assert {"ddim", "ddpm", "pndm", "plms", "euler", "heun", "euler_ancestral", "lms", "dpm_2", "dpm_2_ancestral",
-            "dpm_solver", "res_multistep", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "sa_solver"} <= reached
+            "dpm_solver", "res_multistep", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "sa_solver",
+            "dpm_solver_singlestep"} <= reached
 
 
 # --- the EDM schedulers on an EDM-schedule mixture -----------------------------------------------
@@ -109,7 +112,14 @@ def test_edm_schedulers(class_name, config):
     (lambda: diffusers.UniPCMultistepScheduler(disable_corrector=[0]), r"disable_corrector=\[0\]"),
     (lambda: {"_class_name": "NoSuchScheduler"}, r"'NoSuchScheduler' has no nfebench sampler .*valid: DDIMScheduler"),
     (lambda: {"timestep_spacing": "leading"}, r"needs '_class_name'"),
-    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(), r"FlowMatchEulerDiscreteScheduler' has no nfebench sampler"),
+    (lambda: diffusers.ScoreSdeVeScheduler(), r"ScoreSdeVeScheduler' has no nfebench sampler"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True), r"invert_sigmas=True is not supported; valid: False"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True),
+     r"stochastic_sampling=True is not supported; valid: False"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), r"use_karras_sigmas=True .* valid: False"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift_terminal=0.1), r"shift_terminal=0.1 .* valid: None"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+     r"use_dynamic_shifting=True needs mu .*from_diffusers\(scheduler, mu=...\)"),
 ])
 def test_unsupported_values_are_refused_by_name(scheduler, message):
     with pytest.raises(ValueError, match=message):
@@ -210,3 +220,196 @@ def test_a_pipeline_whose_scheduler_has_no_mapping_loads_with_the_reason(tmp_pat
     # DDPM's grid is still read; clip_sample=True is what the sampler mapping refuses
     assert model.grid_defaults == {"spacing": "leading", "to_zero": True}
     assert "clip_sample=True" in model.grid_defaults_note
+
+
+# --- flow matching on the exact mixture under rectified flow -------------------------------------
+@pytest.mark.parametrize("case", __import__("benchmarks.equivalence", fromlist=["x"]).FLOW_CASES,
+                         ids=lambda c: scheduler_case_label(*c))
+def test_flow_match_schedulers_are_reproduced(case):
+    """FlowMatchEuler -> euler and FlowMatchHeun -> heun(form="velocity") on the shifted grid from
+    t = 1: diffusers' float32 step() arithmetic is the only difference (~1e-7)."""
+    from benchmarks.equivalence import run_flow_case
+
+    class_name, config, arguments = case
+    for steps in (1, 7, 10):
+        row = run_flow_case(class_name, config, steps, arguments)
+        assert row["note"] == ""
+        assert row["max_rel_diff"] <= 1e-5, row
+        assert row["nfe_ours"] == row["diffusers_calls"], row
+
+
+def test_flow_match_grid_is_diffusers_sigmas():
+    """The mapped grid's times are diffusers' sigmas (float32) for static and dynamic shifts."""
+    from benchmarks.equivalence import flow_mixture
+
+    schedule = flow_mixture().schedule
+    for config, mu in (({"shift": 3.0}, None), ({"shift": 0.7}, None), ({"use_dynamic_shifting": True}, 1.2),
+                       ({"use_dynamic_shifting": True, "time_shift_type": "linear"}, 3.0)):
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+        _, options = solvers.from_diffusers(scheduler, **({} if mu is None else {"mu": mu}))
+        scheduler.set_timesteps(9, **({} if mu is None else {"mu": mu}))
+        grid_options = {k: v for k, v in options.items() if k in solvers.GRID_OPTIONS}
+        times = solvers.time_grid(schedule, 9, **grid_options)
+        assert torch.allclose(times, scheduler.sigmas.double(), rtol=1e-6, atol=0), config
+
+
+def test_flow_match_mu_is_checked():
+    dynamic = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="linear")
+    with pytest.raises(ValueError, match=r"mu=-1.0 is not valid; valid: mu > 0"):
+        solvers.from_diffusers(dynamic, mu=-1.0)
+    with pytest.raises(ValueError, match=r"mu=0.5 applies only with config use_dynamic_shifting=True"):
+        solvers.from_diffusers(diffusers.FlowMatchEulerDiscreteScheduler(), mu=0.5)
+    with pytest.raises(ValueError, match=r"step\(\) argument\(s\) \['mu'\] are not mapped"):
+        solvers.from_diffusers(diffusers.FlowMatchHeunDiscreteScheduler(), mu=0.5)
+    from solvers.diffusers_mapping import pipeline_grid_defaults
+
+    grid, note = pipeline_grid_defaults(dynamic)
+    assert grid == {} and "needs mu" in note
+
+
+def test_scaled_heun_is_not_flow_match_heun():
+    """nfebench's default heun averages dx~/dsigma~ in the scaled space x/alpha; diffusers'
+    FlowMatchHeun averages velocities in x. From t = 1 (sigma~ = inf) the scaled form is undefined;
+    on a grid below it the two differ by far more than round-off, at second order: the
+    difference falls ~4x per halving of the step (both are second-order solvers of one ODE)."""
+    from benchmarks.equivalence import flow_mixture
+
+    exact = flow_mixture()
+    latents = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid = {"grid": "shifted", "shift": 3.0, "t_min": 0.01}
+    with torch.inference_mode():
+        assert not bool(torch.isfinite(solvers.sample("heun", exact, latents, nfe=19, t_max=1.0, **grid)).all())
+        differences = []
+        for n_steps in (8, 16, 32):
+            nfe = 2 * n_steps - 1
+            scaled = solvers.sample("heun", exact, latents, nfe=nfe, t_max=0.98, **grid)
+            velocity = solvers.sample("heun", exact, latents, nfe=nfe, t_max=0.98, form="velocity", **grid)
+            differences.append(float((scaled - velocity).abs().max() / velocity.abs().max()))
+    assert differences[0] > 1e-4, differences
+    for coarse, fine in zip(differences, differences[1:]):
+        assert 2.5 < coarse / fine < 6, differences
+
+
+# --- DPMSolverSinglestep: per-step orders, every step count ----------------------------------------
+@pytest.mark.parametrize("config", [
+    {"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3}, {"solver_order": 2, "solver_type": "heun"},
+    {"solver_order": 3, "solver_type": "heun"}, {"solver_order": 3, "final_sigmas_type": "sigma_min"},
+    {"solver_order": 3, "final_sigmas_type": "sigma_min", "lower_order_final": False},
+    {"solver_order": 2, "final_sigmas_type": "sigma_min", "lower_order_final": True},
+], ids=lambda c: scheduler_case_label("DPMSolverSinglestepScheduler", c, {}))
+def test_singlestep_orders_and_step_counts(pipe_dir, config):
+    """Steps of order k spanning k of diffusers' timesteps, for step counts that the order does
+    and does not divide (1-8): diffusers' loop, given float64 sigma tables (its float32 ones cost
+    up to 1.4e-5 on a single third-order step from timestep 999), and
+    dpm_solver_singlestep(intermediate='grid') agree to 1e-10 with the same number of calls."""
+    from benchmarks.equivalence import _network
+
+    model, net = _network(pipe_dir, "gmm", torch.float64)
+    base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
+    sigma_table = ((1 - model.schedule.alphas_cumprod) / model.schedule.alphas_cumprod).sqrt()
+    latents = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for steps in range(1, 9):
+        scheduler = diffusers.DPMSolverSinglestepScheduler.from_config({**base, "clip_sample": False, **config})
+        name, options = solvers.from_diffusers(scheduler)
+        scheduler.set_timesteps(steps)
+        last = sigma_table[:1] if config.get("final_sigmas_type") == "sigma_min" else torch.zeros(1, dtype=torch.float64)
+        scheduler.sigmas = torch.cat([sigma_table[scheduler.timesteps.long()], last])
+        x = latents
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = scheduler.step(net(x, t), t, x).prev_sample
+        stats = {}
+        ours = solvers.sample(name, model, latents, nfe=steps, stats=stats, **options)
+        assert float((ours - x).abs().max() / x.abs().max()) <= 1e-10, (steps, config)
+        assert stats["nfe"] == len(scheduler.timesteps) == steps
+
+
+def test_singlestep_positions_are_diffusers_order_list():
+    from solvers.samplers.dpm_solver import singlestep_positions
+
+    for order in (1, 2, 3):
+        for lower in (True, False):
+            for final in ("zero", "sigma_min"):
+                for steps in range(1, 13):
+                    scheduler = diffusers.DPMSolverSinglestepScheduler(solver_order=order, lower_order_final=lower,
+                                                                       final_sigmas_type=final)
+                    scheduler.set_timesteps(steps)
+                    assert singlestep_positions(order, steps, lower, final == "zero") == scheduler.order_list
+
+
+def test_singlestep_refusals():
+    for config, message in (({"algorithm_type": "sde-dpmsolver++"}, r"algorithm_type='sde-dpmsolver\+\+' is not supported"),
+                            ({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+                             r"algorithm_type='dpmsolver' is not supported"),
+                            ({"use_flow_sigmas": True}, r"use_flow_sigmas=True is not supported")):
+        with pytest.raises(ValueError, match=message):
+            solvers.from_diffusers(diffusers.DPMSolverSinglestepScheduler(**config))
+    with pytest.raises(ValueError, match=r"order=1 of sampler 'dpm_solver_singlestep' needs intermediate='grid'"):
+        solvers.sample("dpm_solver_singlestep", zoo.load("gmm:ring8", schedule="vp_linear"),
+                       torch.randn(2, 2, dtype=torch.float64), nfe=4, order=1)
+
+
+# --- fractional_timesteps: diffusers' unrounded linspace with sigma~ interpolated linearly ---------
+@pytest.mark.parametrize("class_name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                                        "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"])
+def test_fractional_timesteps_reproduce_diffusers_linspace(pipe_dir, class_name):
+    """At linspace step counts where N - 1 does not divide T - 1, diffusers visits fractional
+    timesteps and interpolates sigma~ linearly there: from_diffusers(fractional_timesteps=True) on
+    a DiscreteVP(interpolation="sigma") model reproduces it; the default (rounded timesteps, log
+    alpha interpolated) does not."""
+    for steps in (7, 12):
+        row = run_scheduler(pipe_dir, class_name, {}, "linspace", steps, fractional_timesteps=True)
+        assert row["note"] == "" and row["max_rel_diff"] <= 1e-5, row
+        assert row["nfe_ours"] == row["diffusers_calls"], row
+        default = run_scheduler(pipe_dir, class_name, {}, "linspace", steps)
+        assert default["note"] and default["max_rel_diff"] > 1e-5, default
+
+
+def test_sigma_interpolation_of_the_discrete_schedule():
+    from score_models.schedules import DiscreteVP
+
+    table = DiscreteVP.linear()
+    linear_sigma = DiscreteVP(alphas_cumprod=table.alphas_cumprod, interpolation="sigma")
+    knots = torch.arange(-1.0, 1000.0, dtype=torch.float64)
+    assert torch.allclose(linear_sigma.alpha(knots), table.alpha(knots), rtol=1e-14)
+    t = torch.tensor([0.25, 17.5, 500.4, 998.9], dtype=torch.float64)
+    sigma_table = ((1 - table.alphas_cumprod) / table.alphas_cumprod).sqrt()
+    lower = t.floor().long()
+    expected = sigma_table[lower] + (t - lower) * (sigma_table[lower + 1] - sigma_table[lower])
+    assert torch.allclose(linear_sigma.sigma_tilde(t), expected, rtol=1e-13)
+    assert torch.allclose(linear_sigma.t_from_sigma_tilde(expected), t, rtol=1e-12)
+    assert not torch.allclose(table.sigma_tilde(t), expected, rtol=1e-6)
+    step = 1e-6
+    numeric = (linear_sigma.log_alpha(t + step) - linear_sigma.log_alpha(t - step)) / (2 * step)
+    assert torch.allclose(linear_sigma.dlog_alpha_dt(t), numeric, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"fractional_timesteps=True applies to the sigma-space schedulers "
+                                         r"\(EulerDiscreteScheduler, .*\), not DDIMScheduler"):
+        solvers.from_diffusers(diffusers.DDIMScheduler(clip_sample=False), fractional_timesteps=True)
+    with pytest.raises(ValueError, match=r"unknown interpolation 'cubic'; valid: log_alpha, sigma"):
+        DiscreteVP(alphas_cumprod=table.alphas_cumprod, interpolation="cubic")
+
+
+# --- round_net_input: the network at rounded timesteps of Karras sigmas ----------------------------
+@pytest.mark.parametrize("class_name, config", [
+    ("DPMSolverMultistepScheduler", {}), ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("DPMSolverSinglestepScheduler", {}), ("UniPCMultistepScheduler", {})])
+def test_rounded_network_timesteps_reproduce_diffusers_karras(pipe_dir, class_name, config):
+    """These schedulers step with each Karras sigma but call the network at the rounded timestep
+    of it: a model on DiscreteVP(round_net_input=True) reproduces that; the default (the network
+    at the sigma's own time) differs, as exact_in_diffusers says."""
+    config = {"use_karras_sigmas": True, **config}
+    for steps in (7, 10):
+        row = run_scheduler(pipe_dir, class_name, config, "linspace", steps, round_net_input=True)
+        assert row["max_rel_diff"] <= 1e-5 and row["nfe_ours"] == row["diffusers_calls"], row
+        default = run_scheduler(pipe_dir, class_name, config, "linspace", steps)
+        assert default["note"] and default["max_rel_diff"] > 1e-4, default
+
+
+def test_round_net_input_rounds_only_the_network_time():
+    from score_models.schedules import DiscreteVP
+
+    table = DiscreteVP.linear()
+    rounding = DiscreteVP(alphas_cumprod=table.alphas_cumprod, round_net_input=True)
+    t = torch.tensor([3.4, 3.6, 998.5], dtype=torch.float64)
+    assert rounding.net_input(t).tolist() == [3.0, 4.0, 998.0] and table.net_input(t).tolist() == t.tolist()
+    assert torch.equal(rounding.alpha(t), table.alpha(t))

@@ -16,6 +16,10 @@ def test_grids_are_float64_descending_and_pinned(schedule, grid):
         with pytest.raises(ValueError, match=f"grid '{grid}' picks training timesteps, and .* has none"):
             time_grid(schedule, 10, grid)
         return
+    if grid == "shifted" and not 0 <= schedule.t_min < schedule.t_max <= 1:
+        with pytest.raises(ValueError, match=r"grid 'shifted' shifts times in \[0, 1\]"):
+            time_grid(schedule, 10, grid)
+        return
     for to_zero in (True, False) if grid not in DISCRETE_GRIDS else (True,):
         times = time_grid(schedule, 10, grid, to_zero=to_zero)
         assert times.dtype == torch.float64 and times.numel() == 11
@@ -119,6 +123,23 @@ def test_kl_optimal_beta_sgm_uniform_follow_their_formulas():
     vp = VPLinear()
     assert torch.allclose(time_grid(vp, 4, "sgm_uniform")[:-1], torch.linspace(1.0, 1e-3, 5, dtype=torch.float64)[:-1])
     assert torch.equal(time_grid(vp, 4, "normal"), time_grid(vp, 4, "uniform"))
+
+
+def test_shifted_grid_is_sd3_time_shift_of_an_even_grid():
+    """SD3's shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, sec. 5.3.2) of times evenly
+    spaced between the unshifted ends; shift = 1 is the uniform grid."""
+    from score_models import RectifiedFlow
+
+    flow = RectifiedFlow(t_min=1e-3, t_max=1.0)
+    for shift in (0.5, 3.0):
+        got = time_grid(flow, 6, "shifted", shift=shift, t_min=0.02)
+        unshifted_end = 0.02 / (shift - (shift - 1) * 0.02)
+        even = torch.linspace(1.0, unshifted_end, 6, dtype=torch.float64)
+        assert torch.allclose(got[:-1], shift * even / (1 + (shift - 1) * even), rtol=1e-14)
+        assert float(got[0]) == 1.0 and float(got[-2]) == 0.02 and float(got[-1]) == 0.0
+    assert torch.allclose(time_grid(flow, 6, "shifted"), time_grid(flow, 6, "uniform"), rtol=1e-14)
+    later = time_grid(flow, 6, "shifted", shift=3.0)
+    assert bool((later[1:-2] > time_grid(flow, 6, "uniform")[1:-2]).all())  # shift > 1: more steps at high noise
 
 
 def test_comfyui_discrete_grids_pick_training_timesteps():

@@ -113,11 +113,18 @@ def test_discrete_vp_hits_its_knots_and_network_time():
     assert torch.allclose(from_abar.sigma(n), s.sigma(n))
 
 
+def test_rectified_flow_admits_t_max_1_where_alpha_is_0():
+    """t = 1 (diffusers' flow-matching sigma = 1) is pure noise: alpha = 0, sigma~ = inf."""
+    rf = RectifiedFlow(t_min=1e-4, t_max=1.0)
+    rf.check_times(torch.tensor([1.0, 0.5, 1e-4], dtype=torch.float64))
+    assert float(rf.alpha(1.0)) == 0.0 and float(rf.sigma(1.0)) == 1.0 and math.isinf(float(rf.sigma_tilde(1.0)))
+
+
 @pytest.mark.parametrize("bad", [
     lambda: VPLinear(beta_min=1.0, beta_max=0.5),
     lambda: VE(sigma_min=2.0, sigma_max=1.0),
     lambda: EDM(sigma_min=0.0),
-    lambda: RectifiedFlow(t_max=1.0),
+    lambda: RectifiedFlow(t_max=1.001),
     lambda: VPCosine(t_max=1.0),
     lambda: DiscreteVP(betas=torch.tensor([0.1, 1.5])),
     lambda: DiscreteVP(alphas_cumprod=torch.tensor([0.5, 0.9])),

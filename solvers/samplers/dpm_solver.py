@@ -17,7 +17,8 @@ from score_models.parameterization import DiffusionModel
 from ..options import one_of
 from ..registry import Alias, register
 
-__all__ = ["dpm_solver", "dpm_solver_singlestep", "ALGORITHMS", "THIRD_ORDER_TERMS"]
+__all__ = ["dpm_solver", "dpm_solver_singlestep", "ALGORITHMS", "THIRD_ORDER_TERMS", "INTERMEDIATE_POINTS",
+           "SOLVER_TYPES", "singlestep_positions"]
 
 ALGORITHMS = ("dpmsolver++", "dpmsolver")
 #: How the 3M update weighs its second-difference term D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 D''/2.
@@ -146,19 +147,106 @@ def dpm_solver(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
     return alphas[-1] * x
 
 
-@register("dpm_solver_singlestep", order="order", stochastic=False,
-          nfe="order*N - (order - 1 if to_zero else 0)", nfe_note="the step onto sigma = 0 is first order",
-          default_grid="logsnr", variants=({"order": 3},), checks={"order": one_of(2, 3)},
+#: Where singlestep DPM-Solver puts a step's intermediate points: inside each grid interval at
+#: fixed fractions of it in lambda, or on the grid's own inner points.
+INTERMEDIATE_POINTS = ("lambda", "grid")
+#: How a singlestep update weighs the first difference D1 (Lu et al. 2022a's DPM-Solver-2 "midpoint"
+#: -phi_1/2; "heun" phi_1/h + 1, which with D2 also makes the third-order update a full Taylor one).
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def singlestep_positions(order: int, n_steps: int, lower_order_final: bool, lands_on_data: bool) -> List[int]:
+    """For each grid interval, the order of the update that lands at its end when a step of order
+    k spans k intervals (``intermediate="grid"``): 1, 2, ..., k within each step, so a 1 starts a
+    step. Steps of ``order`` intervals; the remainder is a last shorter step, and with
+    ``lower_order_final`` a last full step of order 3 splits into 2 + 1 (2 into 1 + 1); a step
+    onto sigma = 0 is first order. This is diffusers' DPMSolverSinglestepScheduler.get_order_list,
+    which also turns lower_order_final on where the steps do not divide evenly or the grid ends
+    at sigma = 0."""
+    lower = lower_order_final or n_steps % order != 0 or lands_on_data
+    full, rest = divmod(n_steps, order)
+    positions = list(range(1, order + 1)) * full + list(range(1, rest + 1))
+    if lower and rest == 0 and order > 1 and full > 0:
+        positions[-order:] = list(range(1, order)) + [1]
+    if lands_on_data:
+        positions[-1] = 1
+    return positions
+
+
+def _singlestep_update(x: torch.Tensor, lam: List[float], sig: List[float], start: int, end: int,
+                       outputs: History, solver_type: str) -> torch.Tensor:
+    """The order-len(outputs) update of the scaled state x~ from grid point ``start`` to ``end``
+    with D at the step's first len(outputs) grid points (Lu et al. 2022a, DPM-Solver-2/3 with
+    general r, written for D as in Lu et al. 2022b; diffusers' singlestep updates)."""
+    s, t = sig[start], sig[end]
+    if t == 0:
+        return outputs[-1]
+    h = lam[end] - lam[start]
+    phi_1 = math.expm1(-h)
+    phi_2 = phi_1 / h + 1
+    x = (t / s) * x - phi_1 * outputs[0]
+    if len(outputs) == 2:
+        d1 = (outputs[1] - outputs[0]) / ((lam[start + 1] - lam[start]) / h)
+        return x + (-0.5 * phi_1 if solver_type == "midpoint" else phi_2) * d1
+    if len(outputs) == 3:
+        r1, r2 = (lam[start + 1] - lam[start]) / h, (lam[start + 2] - lam[start]) / h
+        d1_1, d1_2 = (outputs[1] - outputs[0]) / r1, (outputs[2] - outputs[0]) / r2
+        if solver_type == "midpoint":
+            return x + phi_2 * d1_2
+        d1 = (r2 * d1_1 - r1 * d1_2) / (r2 - r1)
+        d2 = 2.0 * (d1_2 - d1_1) / (r2 - r1)
+        return x + phi_2 * d1 - ((phi_1 + h) / h**2 - 0.5) * d2
+    return x
+
+
+@register("dpm_solver_singlestep", order="order if intermediate == 'lambda' else min(order, 2)",
+          order_note="with intermediate='grid' the last steps are shorter (the N mod order intervals left, and "
+                     "lower_order_final's split): one first-order step caps the global order at 2 (order 3 fits "
+                     "2.7 on the order test's span)",
+          stochastic=False,
+          nfe="N if intermediate == 'grid' else order*N - (order - 1 if to_zero else 0)",
+          nfe_note="the step onto sigma = 0 is first order; with intermediate='grid' one evaluation per grid "
+                   "point, as a step of order k spans k intervals",
+          default_grid="logsnr",
+          variants=({"order": 3}, {"intermediate": "grid"}, {"intermediate": "grid", "order": 3},
+                    {"intermediate": "grid", "order": 3, "solver_type": "heun"}),
+          checks={"order": one_of(1, 2, 3), "intermediate": one_of(*INTERMEDIATE_POINTS),
+                  "solver_type": one_of(*SOLVER_TYPES)},
           known_as={"diffusers": "DPMSolverSinglestepScheduler"},
           paper="Lu et al. 2022b, Algorithm 1 (DPM-Solver++(2S)); Lu et al. 2022a, Algorithm 2 (DPM-Solver-3)")
 def dpm_solver_singlestep(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, order: int = 2,
+                          intermediate: str = "lambda", solver_type: str = "midpoint", lower_order_final: bool = True,
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Singlestep DPM-Solver++(2S) and DPM-Solver-3 in the data prediction, ``order`` NFE per step.
+    """Singlestep DPM-Solver++(2S) and DPM-Solver-3 in the data prediction.
 
-    2S: an intermediate point at r1 = 1/2 of the step in lambda; 3S: points at r1 = 1/3 and
-    r2 = 2/3 (the "dpmsolver" third-order update of Lu et al. 2022a written for D)."""
+    ``intermediate="lambda"`` (``order`` NFE per grid interval): 2S has an intermediate point at
+    r1 = 1/2 of the interval in lambda; 3S points at r1 = 1/3 and r2 = 2/3 (the "dpmsolver"
+    third-order update of Lu et al. 2022a written for D); order 1 is not offered here.
+
+    ``intermediate="grid"`` (one NFE per grid point): a step of order k spans k grid intervals
+    and its intermediate points are the grid's inner points, at the r_j their lambdas give; the
+    state there is the order-j update from the step's start (:func:`_singlestep_update`, whose
+    ``solver_type`` weighs D1 as DPM-Solver-2's midpoint or with phi_2, and whose "heun"
+    third-order update uses D1 and D2). The order of each step follows
+    :func:`singlestep_positions` (``lower_order_final``). This is the time-stepping of Lu et al.
+    2022a's singlestep solver with a per-step order list, as diffusers' DPMSolverSinglestepScheduler
+    runs it; midpoint's third-order update is third order where r2 = 2/3 (a logsnr grid).
+    ``solver_type`` and ``lower_order_final`` apply to ``intermediate="grid"`` only."""
     sched = model.schedule
     sig, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
+    if intermediate == "grid":
+        lam = [-math.log(v) if v > 0 else math.inf for v in sig]
+        positions = singlestep_positions(order, len(sig) - 1, lower_order_final, sig[-1] == 0)
+        x = x_T / alphas[0]
+        for i, k in enumerate(positions):
+            if k == 1:
+                start, x_start, outputs = i, x, []
+            outputs.append(model.x0(alphas[i] * x, times[i]))
+            x = _singlestep_update(x_start, lam, sig, start, i + 1, outputs, solver_type)
+        return alphas[-1] * x
+    if order == 1:
+        raise ValueError("option order=1 of sampler 'dpm_solver_singlestep' needs intermediate='grid' (where it is "
+                         "DDIM); valid with intermediate='lambda': order 2, 3")
 
     def denoise(x_tilde: torch.Tensor, lam: float) -> torch.Tensor:
         t_inner = sched.inverse_lambda(lam)

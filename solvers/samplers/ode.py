@@ -17,10 +17,13 @@ from score_models.fields import ScaledProbabilityFlowODE
 from score_models.parameterization import DiffusionModel
 
 from ..noise import randn_like
-from ..options import above, at_least
+from ..options import above, at_least, one_of
 from ..registry import register
 
-__all__ = ["euler", "heun", "heun_step", "churn", "rk45"]
+__all__ = ["euler", "heun", "heun_step", "churn", "rk45", "HEUN_FORMS"]
+
+#: The ODE heun's trapezoid averages over: dx~/dsigma~ (Karras et al. 2022) or dx/dt = u (the flow).
+HEUN_FORMS = ("scaled", "velocity")
 
 Denoise = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,41 +62,60 @@ def _denoise(model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor, alph
 
 
 @register("euler", order=1, stochastic=False, nfe="N", paper="Euler on the PF-ODE; Karras et al. 2022, sec. 3",
-          known_as={"k-diffusion": "sample_euler", "ComfyUI": "euler", "diffusers": "EulerDiscreteScheduler"})
+          known_as={"k-diffusion": "sample_euler", "ComfyUI": "euler",
+                    "diffusers": "EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler"})
 def euler(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
           generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Euler's method on the PF-ODE in the scaled space x/alpha vs sigma/alpha (= deterministic DDIM).
 
     Karras et al. 2022, eq. 4 and sec. 3:
 
-    x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) (x~_i - D(x~_i, sigma~_i)) / sigma~_i.
-    Equal to deterministic DDIM (Song et al. 2021a, eq. 13) on the same grid.
+    x~_{i+1} = x~_i + (sigma~_{i+1} - sigma~_i) (x~_i - D(x~_i, sigma~_i)) / sigma~_i,
+
+    computed multiplied out by alpha_{i+1}: x_{i+1} = (sigma_{i+1}/sigma_i) x_i +
+    (alpha_{i+1} - alpha_i sigma_{i+1}/sigma_i) D, which stays finite where alpha_i = 0 (rectified
+    flow at t = 1: sigma~ = inf). Equal to deterministic DDIM (Song et al. 2021a, eq. 13) on the
+    same grid; on rectified flow also to Euler on dx/dt = u(x, t) (Liu et al. 2023), the
+    flow-matching Euler step.
     """
     sched = model.schedule
-    sigmas, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
-    x = x_T / alphas[0]
+    sigmas, alphas = sched.sigma(times).tolist(), sched.alpha(times).tolist()
+    x = x_T
     for i in range(len(sigmas) - 1):
-        d = (x - _denoise(model, x, times[i], alphas[i])) / sigmas[i]
-        x = x + (sigmas[i + 1] - sigmas[i]) * d
-    return alphas[-1] * x
+        ratio = sigmas[i + 1] / sigmas[i]
+        x = ratio * x + (alphas[i + 1] - alphas[i] * ratio) * model.x0(x, times[i])
+    return x
 
 
 @register("heun", order=2, stochastic=False, nfe="2*N - 1 if to_zero else 2*N",
           nfe_note="the step onto sigma = 0 is an Euler step", paper="Karras et al. 2022, Algorithms 1 and 2",
-          stochastic_if="s_churn > 0", variants=({"s_churn": 10.0},),
-          checks={"s_churn": at_least(0.0), "s_tmin": at_least(0.0), "s_tmax": at_least(0.0), "s_noise": at_least(0.0)},
-          known_as={"k-diffusion": "sample_heun", "ComfyUI": "heun", "diffusers": "HeunDiscreteScheduler"})
+          stochastic_if="s_churn > 0", variants=({"s_churn": 10.0}, {"form": "velocity"}),
+          checks={"s_churn": at_least(0.0), "s_tmin": at_least(0.0), "s_tmax": at_least(0.0), "s_noise": at_least(0.0),
+                  "form": one_of(*HEUN_FORMS)},
+          known_as={"k-diffusion": "sample_heun", "ComfyUI": "heun",
+                    "diffusers": "HeunDiscreteScheduler; FlowMatchHeunDiscreteScheduler with form='velocity'"})
 def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
          s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+         form: str = "scaled", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Heun's 2nd-order method (EDM); with s_churn > 0 the stochastic EDM sampler.
 
     Karras et al. 2022 Algorithm 1; with s_churn > 0 the stochastic Algorithm 2 (noise raised by gamma_i = min(s_churn/N, sqrt(2)-1) while s_tmin <= sigma~ <= s_tmax).
 
     Churn never lifts sigma~ above the grid's first noise level, so the network is only
     evaluated inside the schedule's time range.
+
+    ``form`` is the ODE the trapezoid averages over: ``"scaled"`` dx~/dsigma~ (Karras et al.),
+    ``"velocity"`` dx/dt = u(x, t), the model's flow (velocity) prediction, in the schedule's own
+    time (Liu et al. 2023; diffusers' FlowMatchHeunDiscreteScheduler), which stays finite where
+    alpha = 0. The two Euler predictors agree; the corrected steps differ at O(h^3) except where
+    sigma~ is affine in t (alpha = 1: VE, EDM). A step onto sigma = 0 lands on D in both.
     """
     sched = model.schedule
+    if form == "velocity":
+        if s_churn > 0:
+            raise ValueError(f"option s_churn={s_churn!r} of sampler 'heun' needs form='scaled'; valid with "
+                             f"form='velocity': s_churn=0")
+        return _heun_velocity(model, x_T, times)
     sigmas, alphas = sched.sigma_tilde(times).tolist(), sched.alpha(times).tolist()
     n_steps = len(sigmas) - 1
     gamma_max = min(s_churn / n_steps, math.sqrt(2.0) - 1.0)
@@ -108,6 +130,21 @@ def heun(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
         x = heun_step(x, sigma_hat, sigma_next, lambda y: _denoise(model, y, t_hat, alpha_hat),
                       lambda y: _denoise(model, y, times[i + 1], alphas[i + 1]))
     return alphas[-1] * x
+
+
+def _heun_velocity(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Heun's method on dx/dt = u(x, t) (u: the model's flow prediction) over the grid's times;
+    the step onto sigma = 0 is the Euler step alpha D of :func:`euler`."""
+    sigmas, alphas = model.schedule.sigma(times).tolist(), model.schedule.alpha(times).tolist()
+    x = x_T
+    for i in range(len(sigmas) - 1):
+        if sigmas[i + 1] == 0:
+            x = alphas[i + 1] * model.x0(x, times[i])
+            continue
+        dt = float(times[i + 1] - times[i])
+        u = model.flow(x, times[i])
+        x = x + dt * 0.5 * (u + model.flow(x + dt * u, times[i + 1]))
+    return x
 
 
 @register("rk45", order=None, stochastic=False, nfe=None,
