@@ -397,8 +397,8 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
     return options
 
 
-def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step_arguments: Any
-                   ) -> Tuple[str, Dict[str, Any]]:
+def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, fixed_stride: bool = False,
+                   **step_arguments: Any) -> Tuple[str, Dict[str, Any]]:
     """(sampler name, options) that make :func:`solvers.sample` compute what diffusers' own loop
     with this scheduler computes (:func:`exact_in_diffusers` says where only approximately).
 
@@ -411,6 +411,11 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
     ``DiscreteVP(interpolation="sigma")`` interpolates sigma~ linearly between timesteps, as
     diffusers does, this reproduces diffusers' loop there too. The default rounds to the integer
     timesteps the network was trained on.
+    ``fixed_stride`` (off by default): DDIM and PNDM (with or without PRK warm-up) step as
+    diffusers does, from t to t - T//N, then read the state as at the next timestep of the
+    spacing (the samplers' ``landing="fixed_stride"``, set for linspace and trailing spacing;
+    leading spacing's next timestep is t - T//N already). This reproduces diffusers; the default,
+    each step landing on the next timestep, is the consistent discretisation.
     Give ``nfe`` to solvers.sample as diffusers' number of network calls for its
     ``num_inference_steps`` (the sampler's NFE rule: ``solvers.get(name).count``).
     """
@@ -423,6 +428,9 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
     if fractional_timesteps and mapping.family is not SIGMA_SPACE:
         raise ValueError(f"fractional_timesteps=True applies to the sigma-space schedulers "
                          f"({', '.join(n for n, m in SCHEDULERS.items() if m.family is SIGMA_SPACE)}), not {name}")
+    if fixed_stride and mapping.family is not STRIDE:
+        raise ValueError(f"fixed_stride=True applies to {', '.join(n for n, m in SCHEDULERS.items() if m.family is STRIDE)}, "
+                         f"not {name}")
     mu = step_arguments.pop("mu", None) if name in SET_TIMESTEPS_MU else None
     allowed = STEP_ARGUMENTS.get(name, {})
     unknown = sorted(set(step_arguments) - set(allowed))
@@ -437,6 +445,8 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
         sampler, options = "plms", {"warmup": "improved_euler"}
     options.update({allowed[k]: v for k, v in step_arguments.items()})
     options.update(_grid_options(name, config, mapping.family, mu, fractional_timesteps))
+    if fixed_stride and options.get("spacing") in ("linspace", "trailing"):
+        options["landing"] = "fixed_stride"
     from .registry import get
 
     spec = get(sampler)
@@ -471,14 +481,14 @@ def pipeline_grid_defaults(scheduler: Any) -> Tuple[Dict[str, Any], Optional[str
 
 
 def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_timesteps: bool = False,
-                       **step_arguments: Any) -> Optional[str]:
+                       fixed_stride: bool = False, **step_arguments: Any) -> Optional[str]:
     """None when :func:`from_diffusers`' mapping reproduces diffusers' loop for this many steps
     (to diffusers' float32 round-off), else why not (see the module docstring). Arguments as
     for :func:`from_diffusers`; with ``fractional_timesteps`` the verdict assumes a model whose
     DiscreteVP interpolates sigma~ linearly (``interpolation="sigma"``)."""
     name, config = scheduler_config(scheduler)
     mapping = SCHEDULERS[name]
-    from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
+    from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, fixed_stride=fixed_stride, **step_arguments)
     family, n = mapping.family, int(num_inference_steps)
     if family is FLOW_MATCH:
         return None
@@ -491,7 +501,7 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_t
                 "(and it calls the network at rounded or log-sigma interpolated timesteps)")
     if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):
         return "diffusers calls the network at a rounded or log-sigma interpolated timestep of each sigma"
-    if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)):
+    if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)) and not fixed_stride:
         return f"diffusers steps t -> t - {t_train}//{n} and then evaluates at the next {spacing} timestep"
     last = spacing == "linspace" or (spacing == "leading" and not int(config.get("steps_offset", 0)))
     if family is STRIDE and last and not config.get("set_alpha_to_one", _class_defaults(name).get("set_alpha_to_one")):
