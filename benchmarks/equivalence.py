@@ -258,14 +258,15 @@ def scheduler_case_label(class_name: str, config: Dict[str, Any], step_arguments
 def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spacing: str, steps: int = 10,
                   step_arguments: Optional[Dict[str, Any]] = None, network: str = "gmm", n: int = 3, seed: int = 0,
                   dtype: torch.dtype = torch.float64, fractional_timesteps: bool = False,
-                  round_net_input: bool = False) -> Dict[str, Any]:
+                  round_net_input: bool = False, fixed_stride: bool = False) -> Dict[str, Any]:
     """diffusers' own loop with ``class_name`` (the pipeline's scheduler config, ``timestep_spacing``
     = spacing, ``config`` over it) against :func:`solvers.sample` with the sampler and options
     :func:`solvers.from_diffusers` maps it to, from the same latents, budget = diffusers' network
     calls; per-step noise from equally seeded generators. Returns the relative max difference,
     both counts and :func:`solvers.exact_in_diffusers`' verdict. ``fractional_timesteps``: passed
     to from_diffusers, with the gmm's DiscreteVP interpolating sigma~ linearly, as diffusers does;
-    ``round_net_input``: the gmm's DiscreteVP calls its network at rounded timesteps."""
+    ``round_net_input``: the gmm's DiscreteVP calls its network at rounded timesteps;
+    ``fixed_stride``: passed to from_diffusers (DDIM and PNDM step as diffusers does)."""
     import diffusers
 
     _quiet_diffusers()
@@ -273,7 +274,8 @@ def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spaci
     base = diffusers.DDPMScheduler.load_config(pipe_dir, subfolder="scheduler")
     scheduler = getattr(diffusers, class_name).from_config(
         {**base, "timestep_spacing": spacing, "clip_sample": False, **config})
-    name, options = solvers.from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
+    name, options = solvers.from_diffusers(scheduler, fractional_timesteps=fractional_timesteps,
+                                           fixed_stride=fixed_stride, **step_arguments)
     model, net = _network(pipe_dir, network, dtype, "sigma" if fractional_timesteps else "log_alpha", round_net_input)
     latents = torch.randn((n, 3, 8, 8), generator=torch.Generator().manual_seed(1000 + seed), dtype=dtype)
     calls = []
@@ -295,7 +297,7 @@ def run_scheduler(pipe_dir: Path, class_name: str, config: Dict[str, Any], spaci
             "max_abs_diff": float((ours - theirs).abs().max()), "max_abs_value": float(theirs.abs().max()),
             "nfe_ours": stats["nfe"], "diffusers_calls": len(calls),
             "note": solvers.exact_in_diffusers(scheduler, steps, fractional_timesteps=fractional_timesteps,
-                                               **step_arguments) or ""}
+                                               fixed_stride=fixed_stride, **step_arguments) or ""}
 
 
 def equivalence_table(steps: int = 10, cases: Sequence[Case] = tuple(CASES),

@@ -30,6 +30,12 @@ consistent choice and :func:`exact_in_diffusers` says that the two differ:
 - DDIM, DDPM and PNDM step from t to t - T//N (a fixed stride), and then evaluate the network at
   the next timestep of the spacing; the two agree for leading spacing, and for trailing when N
   divides T, but not for linspace: the state is moved to one time and read as if at another.
+  The mapping lands each step on the next timestep, the consistent choice.
+  ``from_diffusers(fixed_stride=True)`` (off by default) reproduces diffusers' DDIM and PNDM
+  (with or without its pseudo Runge-Kutta warm-up) instead, through the samplers' option
+  ``landing="fixed_stride"`` (:func:`solvers.grids.landing_times`); it refuses linspace spacing
+  with ``set_alpha_to_one=False``, whose last, zero-length step from timestep 0 a grid cannot hold.
+  DDPMScheduler has no such option here.
 - The sigma-space schedulers (Euler, Heun, LMS, ...) visit fractional timesteps for linspace
   spacing when N - 1 does not divide T - 1, and interpolate sigma~ linearly between integer
   timesteps there; nfebench's discrete schedule interpolates log alpha (which keeps lambda(t)
@@ -397,8 +403,8 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
     return options
 
 
-def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step_arguments: Any
-                   ) -> Tuple[str, Dict[str, Any]]:
+def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, fixed_stride: bool = False,
+                   **step_arguments: Any) -> Tuple[str, Dict[str, Any]]:
     """(sampler name, options) that make :func:`solvers.sample` compute what diffusers' own loop
     with this scheduler computes (:func:`exact_in_diffusers` says where only approximately).
 
@@ -411,6 +417,11 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
     ``DiscreteVP(interpolation="sigma")`` interpolates sigma~ linearly between timesteps, as
     diffusers does, this reproduces diffusers' loop there too. The default rounds to the integer
     timesteps the network was trained on.
+    ``fixed_stride`` (off by default): DDIM and PNDM (with or without PRK warm-up) step as
+    diffusers does, from t to t - T//N, then read the state as at the next timestep of the
+    spacing (the samplers' ``landing="fixed_stride"``, set for linspace and trailing spacing;
+    leading spacing's next timestep is t - T//N already). This reproduces diffusers; the default,
+    each step landing on the next timestep, is the consistent discretisation.
     Give ``nfe`` to solvers.sample as diffusers' number of network calls for its
     ``num_inference_steps`` (the sampler's NFE rule: ``solvers.get(name).count``).
     """
@@ -423,6 +434,9 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
     if fractional_timesteps and mapping.family is not SIGMA_SPACE:
         raise ValueError(f"fractional_timesteps=True applies to the sigma-space schedulers "
                          f"({', '.join(n for n, m in SCHEDULERS.items() if m.family is SIGMA_SPACE)}), not {name}")
+    if fixed_stride and mapping.family is not STRIDE:
+        raise ValueError(f"fixed_stride=True applies to {', '.join(n for n, m in SCHEDULERS.items() if m.family is STRIDE)}, "
+                         f"not {name}")
     mu = step_arguments.pop("mu", None) if name in SET_TIMESTEPS_MU else None
     allowed = STEP_ARGUMENTS.get(name, {})
     unknown = sorted(set(step_arguments) - set(allowed))
@@ -437,6 +451,20 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, **step
         sampler, options = "plms", {"warmup": "improved_euler"}
     options.update({allowed[k]: v for k, v in step_arguments.items()})
     options.update(_grid_options(name, config, mapping.family, mu, fractional_timesteps))
+    if fixed_stride:
+        # Where the spacing's last timestep is 0 and the grid ends there (set_alpha_to_one=False),
+        # diffusers takes a last, zero-length step from timestep 0 that a grid cannot hold: its
+        # stride counts N timesteps where the grid has N - 1 steps. For leading spacing the
+        # stride is the grid's own, so landing on the next timestep is the same there.
+        spacing = options.get("spacing")
+        ends_on_timestep_0 = not options["to_zero"] and (spacing == "linspace" or
+                                                         (spacing == "leading" and not options.get("steps_offset")))
+        if ends_on_timestep_0 and spacing == "linspace":
+            raise ValueError(f"{name} fixed_stride=True cannot reproduce linspace spacing with set_alpha_to_one=False "
+                             f"(a zero-length last step from timestep 0); valid: set_alpha_to_one=True, or trailing "
+                             f"or leading spacing")
+        if not ends_on_timestep_0:
+            options["landing"] = "fixed_stride"
     from .registry import get
 
     spec = get(sampler)
@@ -471,14 +499,16 @@ def pipeline_grid_defaults(scheduler: Any) -> Tuple[Dict[str, Any], Optional[str
 
 
 def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_timesteps: bool = False,
-                       **step_arguments: Any) -> Optional[str]:
+                       fixed_stride: bool = False, **step_arguments: Any) -> Optional[str]:
     """None when :func:`from_diffusers`' mapping reproduces diffusers' loop for this many steps
     (to diffusers' float32 round-off), else why not (see the module docstring). Arguments as
     for :func:`from_diffusers`; with ``fractional_timesteps`` the verdict assumes a model whose
     DiscreteVP interpolates sigma~ linearly (``interpolation="sigma"``)."""
     name, config = scheduler_config(scheduler)
     mapping = SCHEDULERS[name]
-    from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, **step_arguments)
+    sampler, options = from_diffusers(scheduler, fractional_timesteps=fractional_timesteps, fixed_stride=fixed_stride,
+                                      **step_arguments)
+    strided = options.get("landing") == "fixed_stride"
     family, n = mapping.family, int(num_inference_steps)
     if family is FLOW_MATCH:
         return None
@@ -491,11 +521,16 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_t
                 "(and it calls the network at rounded or log-sigma interpolated timesteps)")
     if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):
         return "diffusers calls the network at a rounded or log-sigma interpolated timestep of each sigma"
-    if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)):
-        return f"diffusers steps t -> t - {t_train}//{n} and then evaluates at the next {spacing} timestep"
+    if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)) and not strided:
+        return (f"diffusers steps t -> t - {t_train}//{n} and then evaluates at the next {spacing} timestep "
+                f"(from_diffusers(fixed_stride=True) reproduces this)")
     last = spacing == "linspace" or (spacing == "leading" and not int(config.get("steps_offset", 0)))
     if family is STRIDE and last and not config.get("set_alpha_to_one", _class_defaults(name).get("set_alpha_to_one")):
         return "diffusers spends a network call on a zero-length last step, from timestep 0 to abar_0"
+    if sampler == "pndm" and not strided and (t_train // n) % 2:
+        return (f"diffusers' pseudo Runge-Kutta warm-up evaluates its half steps at t_(i+1) + floor({t_train}//{n} / 2), "
+                f"a timestep below the midpoint t_i - floor((t_i - t_(i+1)) / 2) (from_diffusers(fixed_stride=True) "
+                f"reproduces this)")
     if name == "DDPMScheduler" and config.get("variance_type") == "fixed_large" and spacing == "trailing":
         return ("diffusers adds beta-variance noise on its last step, from timestep > 0 into the data; nfebench adds "
                 "none on a step onto sigma = 0")

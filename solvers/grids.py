@@ -164,7 +164,8 @@ GRID_DESCRIPTIONS = {
 }
 
 __all__ = ["GRIDS", "SPACINGS", "DISCRETE_GRIDS", "GRID_DESCRIPTIONS", "GridParams", "time_grid", "check_grid",
-           "spaced_times", "discrete_timesteps", "nested_times", "alpha_sigma_steps", "time_shift"]
+           "spaced_times", "discrete_timesteps", "nested_times", "alpha_sigma_steps", "time_shift",
+           "LANDINGS", "landing_times", "fixed_stride"]
 
 
 def spaced_times(schedule: Schedule, n_points: int, grid: str, t_max: float, t_min: float,
@@ -310,9 +311,46 @@ def check_grid(schedule: Schedule, times: torch.Tensor) -> torch.Tensor:
     return times
 
 
-def alpha_sigma_steps(schedule: Schedule, times: torch.Tensor) -> Iterator[Tuple[float, float, float, float]]:
+#: Where a step of a grid moves the state (the ``landing`` option of ddim, plms and pndm):
+#: ``"next"`` onto the next grid time, ``"fixed_stride"`` as diffusers' DDIM/PNDM schedulers do
+#: (:func:`landing_times`).
+LANDINGS = ("next", "fixed_stride")
+
+
+def fixed_stride(schedule: Schedule, n_steps: int) -> float:
+    """floor((t_max - t_data) / n_steps): diffusers' ``num_train_timesteps // num_inference_steps``
+    on a discrete schedule (t_max = T - 1, t_data = -1)."""
+    if not math.isfinite(schedule.t_data):
+        raise ValueError(f"landing='fixed_stride' needs a finite t_data; {schedule.name} has t_data={schedule.t_data}")
+    return float(math.floor((schedule.t_max - schedule.t_data) / n_steps))
+
+
+def landing_times(schedule: Schedule, times: torch.Tensor, landing: str = "next") -> torch.Tensor:
+    """The time each step of a grid moves the state to; the next step reads it as at the next grid time.
+
+    - ``"next"``: the next grid time, times[1:] (the consistent choice);
+    - ``"fixed_stride"``: t_i - :func:`fixed_stride` for the grid's N steps, clamped at the grid's
+      end. This reproduces diffusers' DDIMScheduler and PNDMScheduler, which step from timestep t
+      to t - T//N whatever their ``timestep_spacing`` and then evaluate the network at the next
+      timestep of the spacing. Where that timestep is not t - T//N (linspace spacing; trailing
+      when N does not divide T), the state is moved to one time and read as at another, so
+      this is not a discretisation of the ODE on the grid; it exists to reproduce diffusers.
+    """
+    if landing not in LANDINGS:
+        raise ValueError(f"unknown landing {landing!r}; valid: {', '.join(LANDINGS)}")
+    if landing == "next":
+        return times[1:]
+    stride = fixed_stride(schedule, times.numel() - 1)
+    return torch.clamp(times[:-1] - stride, min=float(times[-1]))
+
+
+def alpha_sigma_steps(schedule: Schedule, times: torch.Tensor, landing: str = "next"
+                      ) -> Iterator[Tuple[float, float, float, float]]:
     """(alpha_t, sigma_t, alpha_s, sigma_s) as Python floats for each step t -> s of a grid: the
-    coefficients a sampler working on the unscaled state x_t reads per step."""
+    coefficients a sampler working on the unscaled state x_t reads per step. s is the next grid
+    time, or where ``landing`` (:func:`landing_times`) moves the state."""
     alphas, sigmas = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
+    lands = landing_times(schedule, times, landing)
+    alpha_s, sigma_s = schedule.alpha(lands).tolist(), schedule.sigma(lands).tolist()
     for i in range(len(alphas) - 1):
-        yield alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        yield alphas[i], sigmas[i], alpha_s[i], sigma_s[i]

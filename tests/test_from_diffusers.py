@@ -413,3 +413,84 @@ def test_round_net_input_rounds_only_the_network_time():
     t = torch.tensor([3.4, 3.6, 998.5], dtype=torch.float64)
     assert rounding.net_input(t).tolist() == [3.0, 4.0, 998.0] and table.net_input(t).tolist() == t.tolist()
     assert torch.equal(rounding.alpha(t), table.alpha(t))
+
+
+# --- fixed_stride: diffusers' DDIM / PNDM arithmetic, reproduced on request -------------------------
+_STRIDE_CASES = [("DDIMScheduler", {}, {"eta": 0.0}), ("DDIMScheduler", {}, {"eta": 1.0}),
+                 ("PNDMScheduler", {"skip_prk_steps": True}, {}), ("PNDMScheduler", {"skip_prk_steps": False}, {})]
+
+
+@pytest.mark.parametrize("case", _STRIDE_CASES, ids=lambda c: scheduler_case_label(*c))
+@pytest.mark.parametrize("set_alpha_to_one", (True, False))
+@pytest.mark.parametrize("spacing", ("linspace", "trailing", "leading"))
+def test_fixed_stride_reproduces_diffusers_ddim_and_pndm(pipe_dir, case, set_alpha_to_one, spacing):
+    """from_diffusers(fixed_stride=True): each step lands at t - T//N and the next reads the state
+    as at the next timestep, as in diffusers' DDIMScheduler / PNDMScheduler (eta > 0 with equally
+    seeded per-step noise; PNDM with and without its pseudo Runge-Kutta warm-up). T = 1000: N = 7
+    and 14 do not divide it (and T//14 = 71 is odd: PRK's half steps), N = 10 does. Where the
+    default mapping differs (linspace; trailing with N not dividing T), fixed_stride is exact."""
+    class_name, config, step_arguments = case
+    config = {**config, "set_alpha_to_one": set_alpha_to_one}
+    if spacing == "linspace" and not set_alpha_to_one:
+        return  # refused: test_fixed_stride_refusals
+    for steps in (7, 10, 14):
+        row = run_scheduler(pipe_dir, class_name, config, spacing, steps, step_arguments, fixed_stride=True)
+        if spacing == "leading" and not set_alpha_to_one:
+            # the grid ends on timestep 0 and holds N - 1 steps (no fixed stride: the spacing's own);
+            # diffusers' extra zero-length step changes nothing, but PRK's half steps with odd T//N do
+            assert row["note"].startswith("diffusers spends a network call on a zero-length last step"), row
+            assert row["nfe_ours"] == row["diffusers_calls"] - 1, row
+            odd_prk = row["sampler"] == "pndm" and (1000 // steps) % 2
+            assert (row["max_rel_diff"] > 1e-5) if odd_prk else (row["max_rel_diff"] <= 1e-5), row
+            continue
+        assert row["note"] == "", row
+        assert row["max_rel_diff"] <= 1e-5, row
+        assert row["nfe_ours"] == row["diffusers_calls"], row
+        if spacing == "linspace" or (spacing == "trailing" and steps != 10):
+            default = run_scheduler(pipe_dir, class_name, config, spacing, steps, step_arguments)
+            assert "fixed_stride=True" in default["note"] and default["max_rel_diff"] > 1e-4, default
+        elif row["sampler"] == "pndm" and (1000 // steps) % 2:  # leading, N = 14: PRK's half steps
+            default = run_scheduler(pipe_dir, class_name, config, spacing, steps, step_arguments)
+            assert "pseudo Runge-Kutta" in default["note"] and default["max_rel_diff"] > 1e-5, default
+
+
+def test_fixed_stride_refusals():
+    ddim = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, timestep_spacing="linspace")
+    with pytest.raises(ValueError, match=r"fixed_stride=True cannot reproduce linspace spacing with "
+                                         r"set_alpha_to_one=False .*valid: set_alpha_to_one=True"):
+        solvers.from_diffusers(ddim, fixed_stride=True)
+    with pytest.raises(ValueError, match=r"fixed_stride=True applies to DDIMScheduler, PNDMScheduler, not "
+                                         r"EulerDiscreteScheduler"):
+        solvers.from_diffusers(diffusers.EulerDiscreteScheduler(), fixed_stride=True)
+    model = zoo.load("gmm:ring8", schedule="ddpm_linear")
+    noise = torch.randn(2, 2, dtype=torch.float64)
+    for name in ("ddim", "plms", "pndm"):
+        with pytest.raises(ValueError, match=r"landing='last'.*'next', 'fixed_stride'"):
+            solvers.sample(name, model, noise, nfe=20, landing="last")
+    # the default mapping keeps the consistent choice; leading spacing needs no fixed stride
+    # when the grid ends on timestep 0 (set_alpha_to_one=False, steps_offset=0)
+    assert "landing" not in solvers.from_diffusers(ddim.__class__.from_config(
+        {**ddim.config, "set_alpha_to_one": True}))[1]
+    leading = diffusers.PNDMScheduler(set_alpha_to_one=False, timestep_spacing="leading")
+    assert "landing" not in solvers.from_diffusers(leading, fixed_stride=True)[1]
+    trailing = diffusers.PNDMScheduler(skip_prk_steps=True, timestep_spacing="trailing")
+    assert solvers.from_diffusers(trailing, fixed_stride=True) == (
+        "plms", {"warmup": "improved_euler", "landing": "fixed_stride", "spacing": "trailing", "to_zero": False})
+
+
+def test_landing_times_fixed_stride_is_diffusers_prev_timestep():
+    """landing_times(..., "fixed_stride") on a DiscreteVP grid = diffusers' prev_timestep
+    t - T//N, clamped at the grid's end (t_data = -1: abar = 1; else timestep 0)."""
+    from score_models.schedules import DiscreteVP
+    from solvers.grids import landing_times
+
+    sched = DiscreteVP.linear()
+    for spacing, n, to_zero in (("linspace", 7, True), ("trailing", 7, True), ("trailing", 14, False),
+                                ("leading", 10, True)):
+        times = solvers.time_grid(sched, n, None, spacing=spacing, to_zero=to_zero)
+        assert times.numel() == n + 1
+        expected = [max(float(t) - 1000 // n, float(times[-1])) for t in times[:-1]]
+        assert landing_times(sched, times, "fixed_stride").tolist() == expected
+        assert landing_times(sched, times, "next").tolist() == times[1:].tolist()
+    with pytest.raises(ValueError, match=r"landing='fixed_stride' needs a finite t_data"):
+        landing_times(zoo.load("gmm:ring8", schedule="ve").schedule, torch.tensor([80.0, 1.0, 0.1]), "fixed_stride")

@@ -13,7 +13,7 @@ import torch
 from score_models.parameterization import DiffusionModel
 from score_models.schedules import TimeLike
 
-from ..grids import alpha_sigma_steps
+from ..grids import LANDINGS, alpha_sigma_steps
 from ..noise import randn_like
 from ..options import at_least, one_of
 from ..registry import register
@@ -40,10 +40,10 @@ def ddim_step(model: DiffusionModel, x: torch.Tensor, t: TimeLike, alpha_s: Coef
 
 
 @register("ddim", order=1, stochastic=False, nfe="N", paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
-          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},), checks={"eta": at_least(0.0)},
+          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},), checks={"eta": at_least(0.0), "landing": one_of(*LANDINGS)},
           known_as={"ComfyUI": "ddim", "diffusers": "DDIMScheduler"})
 def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: float = 0.0,
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+         landing: str = "next", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDIM on any sub-sequence of times; ``eta`` blends in DDPM's posterior noise.
 
     Song et al. 2021a, eq. 12, step t -> s:
@@ -53,9 +53,13 @@ def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: 
 
     which for VP is the paper's eta sqrt((1-abar_s)/(1-abar_t)) sqrt(1-abar_t/abar_s). eta = 0 is
     deterministic (and equals Euler in the scaled space); eta = 1 has DDPM's posterior variance.
+
+    ``landing="fixed_stride"`` (not the default) moves the state of step i to t_i - T//N instead
+    of t_{i+1} and reads it as at t_{i+1} (:func:`solvers.grids.landing_times`): what diffusers'
+    DDIMScheduler computes. It exists to reproduce diffusers; it is not the consistent choice.
     """
     x = x_T
-    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times, landing)):
         c = eta * s_s * math.sqrt(max(0.0, 1.0 - (a_t * s_s) ** 2 / (a_s * s_t) ** 2))
         x = ddim_step(model, x, times[i], a_s, s_s, c, generator)
     return x

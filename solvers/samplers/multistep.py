@@ -14,7 +14,7 @@ import torch
 
 from score_models.parameterization import DiffusionModel
 
-from ..grids import alpha_sigma_steps
+from ..grids import LANDINGS, alpha_sigma_steps, fixed_stride
 from ..options import one_of
 from ..registry import Alias, register
 
@@ -73,28 +73,40 @@ _UNIFORM_GRID_NOTE = ("on a grid uniform in sigma~ (the default uniform grid on 
           nfe_note="3 pseudo-RK4 warm-up steps of 4 NFE, then 1 per step (S + 9); a warm-up step onto "
                    "sigma = 0 is a 1-NFE DDIM step",
           paper="Liu et al. 2022 (PNDM), F-PNDM: eqs. 11-13 and Algorithm 2", default_grid="uniform",
-          known_as={"diffusers": "PNDMScheduler(skip_prk_steps=False)"})
-def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *,
+          checks={"landing": one_of(*LANDINGS)}, known_as={"diffusers": "PNDMScheduler(skip_prk_steps=False)"})
+def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, landing: str = "next",
          generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """F-PNDM: 3 pseudo Runge-Kutta warm-up steps, then 4th-order pseudo linear multistep.
 
     Liu et al. 2022: three pseudo Runge-Kutta steps (eq. 13, four evaluations each,
     half steps at the midpoint), then the pseudo linear multistep of eq. 12,
     e' = (55 e_t - 59 e_{t-1} + 37 e_{t-2} - 9 e_{t-3}) / 24, through the transfer phi.
-    A warm-up step that lands on sigma = 0 is a plain DDIM step: the network is never called there."""
+    A warm-up step that lands on sigma = 0 is a plain DDIM step: the network is never called there.
+
+    ``landing="fixed_stride"`` (not the default) moves the state of each multistep step i to
+    t_i - T//N instead of t_{i+1} and reads it as at t_{i+1} (:func:`solvers.grids.landing_times`);
+    a warm-up step still ends on t_{i+1}, but its first half step lands at t_i - h and is read at
+    the midpoint t_{i+1} + h, h = floor(T//N / 2). That is what diffusers' PNDMScheduler computes;
+    it exists to reproduce diffusers and is not the consistent choice."""
     sched = model.schedule
     history: List[torch.Tensor] = []
     x = x_T
-    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(sched, times)):
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(sched, times, landing)):
         e1 = model.eps(x, times[i])
         history.append(e1)
         if s_s == 0:
             e_prime = e1 if i < 3 else _combine(history, 4)
         elif i < 3:
             # Pseudo Runge-Kutta (eq. 13): e1..e4 at t, mid, mid, s; e' = (e1 + 2 e2 + 2 e3 + e4)/6.
-            t_mid = sched.midpoint_time(times[i], times[i + 1])
+            a_s, s_s = float(sched.alpha(times[i + 1])), float(sched.sigma(times[i + 1]))
+            if landing == "fixed_stride":
+                half = fixed_stride(sched, times.numel() - 1) // 2
+                t_mid, t_half = times[i + 1] + half, times[i] - half
+            else:
+                t_mid = t_half = sched.midpoint_time(times[i], times[i + 1])
             a_m, s_m = float(sched.alpha(t_mid)), float(sched.sigma(t_mid))
-            e2 = model.eps(_transfer(x, e1, a_t, s_t, a_m, s_m), t_mid)
+            a_h, s_h = float(sched.alpha(t_half)), float(sched.sigma(t_half))
+            e2 = model.eps(_transfer(x, e1, a_t, s_t, a_h, s_h), t_mid)
             e3 = model.eps(_transfer(x, e2, a_t, s_t, a_m, s_m), t_mid)
             e4 = model.eps(_transfer(x, e3, a_t, s_t, a_s, s_s), times[i + 1])
             e_prime = (e1 + 2 * e2 + 2 * e3 + e4) / 6
@@ -114,23 +126,36 @@ PLMS_WARMUPS = ("lower_order", "improved_euler")
           stochastic=False, nfe="N + 1 if warmup == 'improved_euler' and not (to_zero and N == 1) else N",
           nfe_note="improved_euler's first step costs one more evaluation unless it lands on sigma = 0",
           paper="Liu et al. 2022 (PNDM), PLMS eq. 12", default_grid="uniform",
-          variants=({"warmup": "improved_euler"},), checks={"warmup": one_of(*PLMS_WARMUPS)},
+          variants=({"warmup": "improved_euler"},),
+          checks={"warmup": one_of(*PLMS_WARMUPS), "landing": one_of(*LANDINGS)},
           known_as={"diffusers": "PNDMScheduler(skip_prk_steps=True) with warmup='improved_euler'"})
 def plms(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, warmup: str = "lower_order",
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+         landing: str = "next", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """PLMS: pseudo linear multistep (4th-order Adams-Bashforth) with a lower-order warm-up.
 
     Liu et al. 2022, eq. 12, through the transfer phi, warmed up with
     Adams-Bashforth of orders 1, 2, 3 (``lower_order``, one evaluation per step) or with a first
     pseudo improved-Euler step, e' = (e(x_t, t) + e(x'_s, s))/2 (``improved_euler``, one extra
-    evaluation; what diffusers' PNDMScheduler does with skip_prk_steps=True)."""
+    evaluation; what diffusers' PNDMScheduler does with skip_prk_steps=True).
+
+    ``landing="fixed_stride"`` (not the default) moves the state of step i to t_i - T//N instead
+    of t_{i+1} and reads it as at t_{i+1} (:func:`solvers.grids.landing_times`); the improved-Euler
+    corrector, which ends on t_1, is then taken from t_1 + T//N. That is what diffusers'
+    PNDMScheduler(skip_prk_steps=True) computes; it exists to reproduce diffusers and is not the
+    consistent choice."""
+    sched = model.schedule
     history: List[torch.Tensor] = []
     x = x_T
-    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(model.schedule, times)):
+    for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(sched, times, landing)):
         history.append(model.eps(x, times[i]))
         if i == 0 and warmup == "improved_euler" and s_s > 0:
             x_euler = _transfer(x, history[0], a_t, s_t, a_s, s_s)
             e_prime = 0.5 * (history[0] + model.eps(x_euler, times[i + 1]))
+            if landing == "fixed_stride":
+                # every step spans one stride: the corrector's step onto t_1 starts at t_1 + stride
+                t_from = times[1] + fixed_stride(sched, times.numel() - 1)
+                a_t, s_t = float(sched.alpha(t_from)), float(sched.sigma(t_from))
+                a_s, s_s = float(sched.alpha(times[1])), float(sched.sigma(times[1]))
         else:
             e_prime = _combine(history, min(len(history), 4))
         history = history[-3:]
