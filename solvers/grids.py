@@ -322,7 +322,13 @@ def fixed_stride(schedule: Schedule, n_steps: int) -> float:
     on a discrete schedule (t_max = T - 1, t_data = -1)."""
     if not math.isfinite(schedule.t_data):
         raise ValueError(f"landing='fixed_stride' needs a finite t_data; {schedule.name} has t_data={schedule.t_data}")
-    return float(math.floor((schedule.t_max - schedule.t_data) / n_steps))
+    stride = math.floor((schedule.t_max - schedule.t_data) / n_steps)
+    if stride < 1:
+        # a continuous-time schedule (t in [0, 1]) would make every step zero-length
+        raise ValueError(f"landing='fixed_stride' needs a schedule counted in training timesteps (a stride of at "
+                         f"least 1); {schedule.name} spans {schedule.t_max - schedule.t_data:g} over {n_steps} steps; "
+                         f"valid: landing='next'")
+    return float(stride)
 
 
 def landing_times(schedule: Schedule, times: torch.Tensor, landing: str = "next") -> torch.Tensor:

@@ -494,3 +494,11 @@ def test_landing_times_fixed_stride_is_diffusers_prev_timestep():
         assert landing_times(sched, times, "next").tolist() == times[1:].tolist()
     with pytest.raises(ValueError, match=r"landing='fixed_stride' needs a finite t_data"):
         landing_times(zoo.load("gmm:ring8", schedule="ve").schedule, torch.tensor([80.0, 1.0, 0.1]), "fixed_stride")
+
+
+def test_fixed_stride_is_refused_on_a_continuous_time_schedule():
+    """On t in [0, 1] the stride floor(1 / N) is 0: every step would be zero-length."""
+    model = zoo.load("gmm:ring8", schedule="vp_linear")
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="stride of at least 1"):
+        solvers.sample("ddim", model, noise, nfe=10, landing="fixed_stride")
