@@ -137,6 +137,24 @@ def test_jobs_give_the_rows_one_process_gives(tmp_path):
     assert budget["jobs"] == 2 and budget["phases"]["network_forwards"] > 0  # the workers' budgets came back
 
 
+def test_workers_are_dealt_the_cells_one_model_at_a_time():
+    """Every cell once, each model's cells in their own order, the models taking turns."""
+    from benchmarks.sweep.cells import expand_cells
+    from benchmarks.sweep.parallel import interleave_models
+
+    cells, _ = expand_cells(parse_config({
+        "run": {"nfe": [2, 4, 8]},
+        "models": [{"name": "gmm:ring8"}, {"name": "gmm:mix16d", "nfe": [4]}, {"name": "toy2d-moons"}],
+        "samplers": [{"sampler": "euler"}, {"sampler": "heun"}],
+    }))
+    dealt = interleave_models(cells)
+    assert sorted(c.key for c in dealt) == sorted(c.key for c in cells)
+    for model in {c.model.key for c in cells}:
+        assert [c for c in dealt if c.model.key == model] == [c for c in cells if c.model.key == model]
+    assert len({c.model.key for c in dealt[:3]}) == 3  # the first round: one cell of each model
+    assert interleave_models([]) == []
+
+
 def test_jobs_must_be_positive(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('[run]\nnfe = [4]\n[[models]]\nname = "gmm:ring8"\n[[samplers]]\nsampler = "euler"\n')

@@ -25,7 +25,7 @@ from ..timing import resolve_device
 from .cells import Cell, expand_cells
 from .execute import RunContext, load_model, run_cell
 
-__all__ = ["run_cells_in_processes", "worker_threads"]
+__all__ = ["interleave_models", "run_cells_in_processes", "worker_threads"]
 
 _WORKER: Dict[str, Any] = {}
 
@@ -53,12 +53,26 @@ def worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def interleave_models(cells: List[Cell]) -> List[Cell]:
+    """The cells dealt out one model at a time (first cell of each model, then the second, ...),
+    each model's cells in their own order. In cell order a model's cells are consecutive, so two
+    workers would start the same model together and the second would wait on the file lock
+    while the first solves that model's reference solution (minutes for a UNet); dealt out this
+    way the workers solve different models' references side by side, and the many small
+    mixture cells, not one model's heaviest cells, make up the end of the run."""
+    by_model: Dict[str, List[Cell]] = {}
+    for cell in cells:
+        by_model.setdefault(cell.model.key, []).append(cell)
+    queues = list(by_model.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+
+
 def run_cells_in_processes(cfg: SweepConfig, out_dir: Path, cells: List[Cell], todo: List[Cell], jobs: int,
                            threads: Optional[int] = None) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
     """Rows of the ``todo`` cells (as ``ResultRow.as_dict`` gives them) with the time budget each
-    worker spent on them, in the order they finish."""
+    worker spent on them, in the order they finish (handed out by :func:`interleave_models`)."""
     threads = threads or worker_threads(jobs)
     index = {c.key: i for i, c in enumerate(cells)}
     context = mp.get_context("spawn")
     with context.Pool(jobs, initializer=_start_worker, initargs=(cfg, str(out_dir), threads)) as pool:
-        yield from pool.imap_unordered(_run_one, [(index[c.key], c.key) for c in todo], chunksize=1)
+        yield from pool.imap_unordered(_run_one, [(index[c.key], c.key) for c in interleave_models(todo)], chunksize=1)
