@@ -249,3 +249,25 @@ def test_compiled_run_matches_eager(tmp_path):
     assert (rows[True]["status"] == "ok").all()
     assert rows[True]["sliced_wasserstein"].to_numpy() == pytest.approx(rows[False]["sliced_wasserstein"].to_numpy(),
                                                                          abs=1e-4)
+
+
+def test_a_float64_run_evaluates_trained_networks_in_float64(tmp_path):
+    """[run] dtype = "float64" casts the network too (a float32 network fed float64 states fails),
+    and its figures do not depend on the torch thread count."""
+    config = parse_config({
+        "run": {"nfe": [4], "n_samples": 64, "batch_size": 64, "dtype": "float64",
+                "metrics": ["solver_error", "sliced_wasserstein"], "reference": {"cache_dir": str(tmp_path / "cache")}},
+        "models": [{"name": "toy2d-moons"}, {"name": "toy2d-moons-cd", "nfe": [1]}],
+        "samplers": [{"sampler": "euler"}, {"sampler": "consistency"}],
+    })
+    threads = torch.get_num_threads()
+    try:
+        rows = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            rows.append(run_sweep(config, tmp_path / f"run{n}", progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert (rows[0]["status"] == "ok").all() and len(rows[0]) == 2
+    for column in ("solver_error", "sliced_wasserstein"):
+        assert rows[0][column].tolist() == pytest.approx(rows[1][column].tolist(), rel=1e-12, nan_ok=True)

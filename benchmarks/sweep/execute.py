@@ -149,9 +149,11 @@ def compile_network(model: DiffusionModel) -> bool:
 
 
 def load_model(ctx: RunContext, spec: ModelSpec) -> DiffusionModel:
-    """The model of a spec on the run's device, loaded once per run."""
+    """The model of a spec on the run's device and in its dtype, loaded once per run."""
     if spec.key not in ctx.models:
         model = zoo.load(spec.name, schedule=spec.schedule).to(ctx.device)
+        if isinstance(model.net, torch.nn.Module):
+            model.net.to(ctx.dtype)  # a float64 run evaluates the network in float64 too
         if model.sample_shape is None:
             raise ValueError(f"model {spec.name!r} does not declare its sample_shape")
         if ctx.cfg.compile:
