@@ -168,7 +168,7 @@ def test_errors_name_valid_choices():
     noise = torch.randn(4, 2)
     with pytest.raises(ValueError, match=r"unknown sampler 'hune'; valid: .*consistency, ddim, ddpm, .*euler, .*euler_maruyama, heun"):
         solvers.sample("hune", model, noise, nfe=10)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: s_churn, s_tmin, s_tmax, s_noise; grid options: grid, rho, t_min, t_max, to_zero, spacing"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['churn'\] for sampler 'heun'; valid: s_churn, s_tmin, s_tmax, s_noise, form; grid options: grid, rho, t_min, t_max, to_zero, spacing"):
         solvers.sample("heun", model, noise, nfe=10, churn=1.0)
     with pytest.raises(ValueError, match=r"heun needs nfe >= 2 \(got 1\)"):
         solvers.sample("heun", model, noise, nfe=1, to_zero=False)
