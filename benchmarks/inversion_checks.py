@@ -20,11 +20,9 @@ import torch
 import solvers
 from score_models import zoo
 
+from .metrics.inversion import _rms
+
 __all__ = ["float_precision_check", "reconstruction_tail_check"]
-
-
-def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).pow(2).mean().sqrt())
 
 
 def float_precision_check(n_points: int = 256, nfes=(25, 64, 100, 200)) -> None:

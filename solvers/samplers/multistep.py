@@ -89,6 +89,8 @@ def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, landi
     the midpoint t_{i+1} + h, h = floor(T//N / 2). That is what diffusers' PNDMScheduler computes;
     it exists to reproduce diffusers and is not the consistent choice."""
     sched = model.schedule
+    # diffusers' warm-up half step with landing="fixed_stride": half of T//N, the same for every step
+    half = fixed_stride(sched, times.numel() - 1) // 2 if landing == "fixed_stride" else None
     history: List[torch.Tensor] = []
     x = x_T
     for i, (a_t, s_t, a_s, s_s) in enumerate(alpha_sigma_steps(sched, times, landing)):
@@ -99,8 +101,7 @@ def pndm(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, landi
         elif i < 3:
             # Pseudo Runge-Kutta (eq. 13): e1..e4 at t, mid, mid, s; e' = (e1 + 2 e2 + 2 e3 + e4)/6.
             a_s, s_s = float(sched.alpha(times[i + 1])), float(sched.sigma(times[i + 1]))
-            if landing == "fixed_stride":
-                half = fixed_stride(sched, times.numel() - 1) // 2
+            if half is not None:
                 t_mid, t_half = times[i + 1] + half, times[i] - half
             else:
                 t_mid = t_half = sched.midpoint_time(times[i], times[i + 1])
