@@ -35,27 +35,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         write_atomic(out / "results.md", report)
         return report
 
-    try:
-        df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend,
-                       jobs=args.jobs)
-    except KeyboardInterrupt:
-        # Every finished row is already in results.csv; report those and stop with 128 + SIGINT.
-        csv = out / "results.csv"
-        if csv.is_file() and (out / "metadata.json").is_file():
-            from .results import read_results
+    from contextlib import nullcontext
 
-            df = read_results(csv)
-            write_report(df, f"nfebench: {cfg.name} (interrupted)")
-            print(f"nfebench: interrupted; {len(df)} finished cells kept in {csv} and reported in "
-                  f"{out / 'results.md'} (continue with --resume)", file=sys.stderr)
-        else:
-            print("nfebench: interrupted before any cell finished", file=sys.stderr)
-        return 130
-    from .run_outputs import write_run_outputs
+    from .sweep.parallel import Workers
 
-    with phase("report"):
-        report = write_report(df, f"nfebench: {cfg.name}")
-    written = write_run_outputs(out, df, start, html=not args.no_html)
+    # With --jobs the same worker processes run the cells and then render the plots.
+    with Workers(cfg, out, args.jobs) if args.jobs > 1 else nullcontext() as workers:
+        try:
+            df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend,
+                           jobs=args.jobs, workers=workers)
+        except KeyboardInterrupt:
+            if workers is not None:
+                workers.close(abort=True)
+            # Every finished row is already in results.csv; report those and stop with 128 + SIGINT.
+            csv = out / "results.csv"
+            if csv.is_file() and (out / "metadata.json").is_file():
+                from .results import read_results
+
+                df = read_results(csv)
+                write_report(df, f"nfebench: {cfg.name} (interrupted)")
+                print(f"nfebench: interrupted; {len(df)} finished cells kept in {csv} and reported in "
+                      f"{out / 'results.md'} (continue with --resume)", file=sys.stderr)
+            else:
+                print("nfebench: interrupted before any cell finished", file=sys.stderr)
+            return 130
+        from .run_outputs import write_run_outputs
+
+        with phase("report"):
+            report = write_report(df, f"nfebench: {cfg.name}")
+        written = write_run_outputs(out, df, start, html=not args.no_html, workers=workers)
     if not args.quiet:
         print(report)
         print(f"{len(df)} cells in {time.perf_counter() - start:.1f} s -> {out}/results.csv, results.md, "

@@ -26,16 +26,21 @@ def _budget(out: Path, start: float) -> dict:
     return budget
 
 
-def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = True) -> str:
+def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = True, workers=None) -> str:
     """Plots, sample grids and (``html``) report.html for the run in ``out``; the time budget of
-    the invocation that began at ``start`` (perf_counter) goes into metadata.json. Returns a
+    the invocation that began at ``start`` (perf_counter) goes into metadata.json. ``workers``
+    (a :class:`~benchmarks.sweep.parallel.Workers`) render the models side by side. Returns a
     short list of what was written."""
     from .report import render_plots, write_plots
     from .sample_grids import render_sample_grids, write_sample_grids
 
-    with phase("plotting"):
-        plots = render_plots(df)
-        grids = render_sample_grids(out, df)
+    if workers is None:
+        with phase("plotting"):
+            plots = render_plots(df)
+            grids = render_sample_grids(out, df)
+    else:  # the workers book their own plotting time
+        plots = render_plots(df, mapper=workers.mapper("plotting"))
+        grids = render_sample_grids(out, df, mapper=workers.mapper("plotting"))
     with phase("result_writing"):
         write_plots(df, out, plots)
         write_sample_grids(out, df, grids)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -136,43 +136,49 @@ def _compose(model: str, seed: int, rows: List[str], columns: List[int], tiles: 
     return buf.getvalue()
 
 
-def render_sample_grids(run_dir: Path, df: pd.DataFrame) -> List[Tuple[str, bytes]]:
-    """(model, PNG bytes) for each model whose cells left previews in ``run_dir``."""
+def render_sample_grids(run_dir: Path, df: pd.DataFrame,
+                        mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map
+                        ) -> List[Tuple[str, bytes]]:
+    """(model, PNG bytes) for each model whose cells left previews in ``run_dir``; the models are
+    rendered by ``mapper`` (the built-in map, or a process pool's)."""
     folder = Path(run_dir) / PREVIEW_DIR
     if not folder.is_dir():
         return []
-    grids = []
-    for model in dict.fromkeys(df["model"]):
-        sub = df[df["model"] == model]
-        seed = int(sub["seed"].min())
-        sub = sub[sub["seed"] == seed]
-        rows = list(dict.fromkeys(sub["series"]))
-        columns = sorted(int(n) for n in sub["nfe_budget"].unique())
-        previews: Dict[Tuple[str, int], torch.Tensor] = {}
-        status: Dict[Tuple[str, int], str] = {}
-        for _, r in sub.iterrows():
-            key = (r["series"], int(r["nfe_budget"]))
-            if r["status"] != "ok":
-                status[key] = str(r["status"])
-                continue
-            tensor = _load(folder / preview_file_name((r["model"], r["series"], int(r["nfe_budget"]), seed)))
-            if tensor is not None:
-                previews[key] = tensor
-        if not previews:
+    jobs = [(folder, model, df[df["model"] == model]) for model in dict.fromkeys(df["model"])]
+    return [(model, png) for model, png in mapper(_model_grid, jobs) if png is not None]
+
+
+def _model_grid(job: Tuple[Path, str, pd.DataFrame]) -> Tuple[str, Optional[bytes]]:
+    """One model's grid (None when its cells left no previews)."""
+    folder, model, sub = job
+    seed = int(sub["seed"].min())
+    sub = sub[sub["seed"] == seed]
+    rows = list(dict.fromkeys(sub["series"]))
+    columns = sorted(int(n) for n in sub["nfe_budget"].unique())
+    previews: Dict[Tuple[str, int], torch.Tensor] = {}
+    status: Dict[Tuple[str, int], str] = {}
+    for _, r in sub.iterrows():
+        key = (r["series"], int(r["nfe_budget"]))
+        if r["status"] != "ok":
+            status[key] = str(r["status"])
             continue
-        first = next(iter(previews.values()))
-        if first.dim() == 4:
-            tiles: Dict[Tuple[str, int], object] = {k: _image_tile(v) for k, v in previews.items()}
-            caption = f"the first {min(4, len(first))} samples from the same noise; rows sampler series, columns NFE"
-        else:
-            data = _load(folder / preview_data_file_name(model))
-            extent = _extent(data, list(previews.values()))
-            tiles = {k: _scatter_tile(v, data, extent) for k, v in previews.items()}
-            caption = (f"{len(first)} samples (blue) from the same noise over exact data (grey); rows sampler "
-                       f"series, columns NFE")
-        tiles.update(status)
-        grids.append((model, _compose(model, seed, rows, columns, tiles, caption)))
-    return grids
+        tensor = _load(folder / preview_file_name((r["model"], r["series"], int(r["nfe_budget"]), seed)))
+        if tensor is not None:
+            previews[key] = tensor
+    if not previews:
+        return model, None
+    first = next(iter(previews.values()))
+    if first.dim() == 4:
+        tiles: Dict[Tuple[str, int], object] = {k: _image_tile(v) for k, v in previews.items()}
+        caption = f"the first {min(4, len(first))} samples from the same noise; rows sampler series, columns NFE"
+    else:
+        data = _load(folder / preview_data_file_name(model))
+        extent = _extent(data, list(previews.values()))
+        tiles = {k: _scatter_tile(v, data, extent) for k, v in previews.items()}
+        caption = (f"{len(first)} samples (blue) from the same noise over exact data (grey); rows sampler "
+                   f"series, columns NFE")
+    tiles.update(status)
+    return model, _compose(model, seed, rows, columns, tiles, caption)
 
 
 def write_sample_grids(run_dir: Path, df: pd.DataFrame,

@@ -137,6 +137,27 @@ def test_jobs_give_the_rows_one_process_gives(tmp_path):
     assert budget["jobs"] == 2 and budget["phases"]["network_forwards"] > 0  # the workers' budgets came back
 
 
+def test_the_workers_render_the_plots_and_grids_one_process_renders(tmp_path):
+    """--jobs keeps its workers for the plots and sample grids: the same PNG bytes as rendered
+    in one process, and their time booked in the run's budget."""
+    from benchmarks.budget import BUDGET
+    from benchmarks.report import render_plots
+    from benchmarks.sample_grids import render_sample_grids
+    from benchmarks.sweep.parallel import Workers
+
+    cfg = small_config()
+    with Workers(cfg, tmp_path / "run", 2) as workers:
+        df = run_sweep(cfg, tmp_path / "run", progress=False, jobs=2, workers=workers)
+        before = BUDGET.snapshot().get("plotting", 0.0)
+        plots = render_plots(df, mapper=workers.mapper("plotting"))
+        grids = render_sample_grids(tmp_path / "run", df, mapper=workers.mapper("plotting"))
+        assert BUDGET.snapshot().get("plotting", 0.0) > before
+    models = list(dict.fromkeys(df["model"]))
+    assert len(models) == 2 and [(m, metric) for m, metric, _ in plots] == [(m, metric) for m in models for metric in QUALITY]
+    assert plots == render_plots(df)
+    assert [m for m, _ in grids] == models and grids == render_sample_grids(tmp_path / "run", df)
+
+
 def test_workers_are_dealt_the_cells_one_model_at_a_time():
     """Every cell once, each model's cells in their own order, the models taking turns."""
     from benchmarks.sweep.cells import expand_cells

@@ -37,11 +37,12 @@ def _row_key(row: Dict[str, Any]) -> tuple:
 
 
 def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: bool = True,
-              extend: bool = False, jobs: int = 1) -> pd.DataFrame:
+              extend: bool = False, jobs: int = 1, workers=None) -> pd.DataFrame:
     """Run every cell of ``cfg`` into ``out_dir`` (results.csv, metadata.json with the run's time
     budget; the CLI adds the report and plots), holding the directory for the whole sweep
     (:class:`RunDirectory`). ``jobs`` > 1 runs cells in that many worker processes
-    (:mod:`.parallel`); the rows are the same as one process writes."""
+    (:mod:`.parallel`; ``workers``: a :class:`~.parallel.Workers` the caller keeps for more work,
+    else started here); the rows are the same as one process writes."""
     if jobs < 1:
         raise ValueError(f"--jobs must be a positive number of processes, got {jobs}")
     start, before = time.perf_counter(), BUDGET.snapshot()
@@ -60,7 +61,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: b
     if error is not None:
         raise error
     try:
-        df, sampled = _run(cfg, Path(out_dir), run_dir.rows, dist, progress, jobs)
+        df, sampled = _run(cfg, Path(out_dir), run_dir.rows, dist, progress, jobs, workers)
         if dist.rank == 0:
             spent = {k: v - before.get(k, 0.0) for k, v in BUDGET.snapshot().items()}
             with phase("result_writing"):
@@ -70,8 +71,8 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: b
         run_dir.close()
 
 
-def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, progress: bool, jobs: int
-         ) -> Tuple[pd.DataFrame, Dict[str, float]]:
+def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, progress: bool, jobs: int,
+         workers) -> Tuple[pd.DataFrame, Dict[str, float]]:
     """The sweep proper: (the table, the summed wall_s and count of the cells run now)."""
     from tqdm.auto import tqdm
 
@@ -113,7 +114,8 @@ def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, prog
     if jobs > 1:
         from .parallel import run_cells_in_processes
 
-        for row, spent in run_cells_in_processes(cfg, out_dir, cells, todo, jobs):
+        dealt = workers.run_cells(cells, todo) if workers is not None else run_cells_in_processes(cfg, out_dir, cells, todo, jobs)
+        for row, spent in dealt:
             BUDGET.merge(spent)
             bar.set_postfix_str(f"{row['model']} {row['series']} nfe={row['nfe_budget']}", refresh=False)
             finished(row)

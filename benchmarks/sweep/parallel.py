@@ -8,13 +8,16 @@ process ran it or what ran before, so the rows equal a single process's (tested,
 columns exactly). Workers are started with ``spawn`` (a forked copy of a process whose torch
 thread pool is running can hang) and share the machine's cores: each gets cores // K torch
 threads, at least one.
+
+The same workers then render the run's plots and sample grids (:meth:`Workers.map`), so a run
+with ``--jobs K`` keeps K processes busy after its last cell too instead of plotting in one.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -25,7 +28,7 @@ from ..timing import resolve_device
 from .cells import Cell, expand_cells
 from .execute import RunContext, load_model, run_cell
 
-__all__ = ["interleave_models", "run_cells_in_processes", "worker_threads"]
+__all__ = ["Workers", "interleave_models", "run_cells_in_processes", "worker_threads"]
 
 _WORKER: Dict[str, Any] = {}
 
@@ -67,12 +70,71 @@ def interleave_models(cells: List[Cell]) -> List[Cell]:
     return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
+class Workers:
+    """K worker processes held for one invocation: its cells (:meth:`run_cells`), then any
+    other per-model work (:meth:`map`). Started at first use; a context manager that stops them
+    (at once when the block raised)."""
+
+    def __init__(self, cfg: SweepConfig, out_dir: Path, jobs: int, threads: Optional[int] = None):
+        if jobs < 2:
+            raise ValueError(f"worker processes are for --jobs 2 or more, got {jobs}")
+        self.cfg, self.out_dir, self.jobs = cfg, Path(out_dir), jobs
+        self.threads = threads or worker_threads(jobs)
+        self._pool = None
+
+    def _workers(self):
+        if self._pool is None:
+            context = mp.get_context("spawn")
+            self._pool = context.Pool(self.jobs, initializer=_start_worker,
+                                      initargs=(self.cfg, str(self.out_dir), self.threads))
+        return self._pool
+
+    def run_cells(self, cells: List[Cell], todo: List[Cell]) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
+        """Rows of the ``todo`` cells (as ``ResultRow.as_dict`` gives them) with the time budget
+        each worker spent on them, in the order they finish (handed out by :func:`interleave_models`)."""
+        index = {c.key: i for i, c in enumerate(cells)}
+        jobs = [(index[c.key], c.key) for c in interleave_models(todo)]
+        yield from self._workers().imap_unordered(_run_one, jobs, chunksize=1)
+
+    def map(self, phase_name: str, fn: Callable[[Any], Any], items: Iterable[Any]) -> List[Any]:
+        """[fn(item) for item in items] computed in the workers (``fn`` a module-level function),
+        each call booked under ``phase_name`` in the worker's budget, which is added to this
+        process's."""
+        results = []
+        for result, spent in self._workers().imap(_call_in_phase, [(phase_name, fn, item) for item in items], chunksize=1):
+            BUDGET.merge(spent)
+            results.append(result)
+        return results
+
+    def mapper(self, phase_name: str) -> Callable[[Callable[[Any], Any], Iterable[Any]], List[Any]]:
+        """:meth:`map` with the phase fixed: a drop-in for the built-in ``map``."""
+        return lambda fn, items: self.map(phase_name, fn, items)
+
+    def close(self, abort: bool = False) -> None:
+        if self._pool is not None:
+            if abort:
+                self._pool.terminate()
+            else:
+                self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(abort=exc_type is not None)
+
+
+def _call_in_phase(job: Tuple[str, Callable[[Any], Any], Any]) -> Tuple[Any, Dict[str, float]]:
+    name, fn, item = job
+    with phase(name):
+        result = fn(item)
+    return result, BUDGET.take()
+
+
 def run_cells_in_processes(cfg: SweepConfig, out_dir: Path, cells: List[Cell], todo: List[Cell], jobs: int,
                            threads: Optional[int] = None) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
-    """Rows of the ``todo`` cells (as ``ResultRow.as_dict`` gives them) with the time budget each
-    worker spent on them, in the order they finish (handed out by :func:`interleave_models`)."""
-    threads = threads or worker_threads(jobs)
-    index = {c.key: i for i, c in enumerate(cells)}
-    context = mp.get_context("spawn")
-    with context.Pool(jobs, initializer=_start_worker, initargs=(cfg, str(out_dir), threads)) as pool:
-        yield from pool.imap_unordered(_run_one, [(index[c.key], c.key) for c in interleave_models(todo)], chunksize=1)
+    """:meth:`Workers.run_cells` in workers started for these cells alone."""
+    with Workers(cfg, out_dir, jobs, threads) as workers:
+        yield from workers.run_cells(cells, todo)
