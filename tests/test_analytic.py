@@ -19,6 +19,23 @@ def test_score_is_the_gradient_of_the_exact_log_density(schedule):
         assert torch.allclose(m.score(x.detach(), t), grad, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("name", ["gmm:ring8", "gmm:mix16d", "gmm:image3x8x8"])
+def test_one_time_for_the_batch_equals_the_per_sample_terms(name, schedule):
+    """exact_x0_and_eps multiplies the sums out when the batch shares its time: the same values
+    as the per-sample [B, K, D] terms (reached with per-sample times) to round-off."""
+    m = zoo.load(name, schedule=schedule)
+    g = torch.Generator().manual_seed(3)
+    for t in torch.linspace(schedule.t_min, schedule.t_max, 6, dtype=torch.float64).tolist():
+        a, sg = float(schedule.alpha(t)), float(schedule.sigma(t))
+        x = a * m.sample_data(64, generator=g, dtype=torch.float64) + sg * torch.randn((64,) + m.sample_shape, generator=g, dtype=torch.float64)
+        shared = m.exact_x0_and_eps(x, t)
+        # per-sample times (one differs, so the batch does not share a time) take the [B, K, D] path
+        per_sample = m.exact_x0_and_eps(torch.cat([x, x[:1]]), torch.tensor([t] * 64 + [schedule.t_max], dtype=torch.float64))
+        for fast, general in zip(shared, per_sample):
+            scale = float(general[:64].abs().max())
+            assert float((fast - general[:64]).abs().max()) <= 1e-12 * max(scale, 1.0)
+
+
 def test_log_prob_matches_scipy_mixture():
     s = VPLinear()
     m = GaussianMixture([[0.0, 1.0], [2.0, -1.0]], [[0.3, 0.5], [0.4, 0.2]], [0.7, 0.3], schedule=s)
