@@ -13,8 +13,9 @@ samples) as it is produced and answers with named columns at the end of the cell
   the reference set (Gretton et al. 2012). Low-dimensional models.
 - ``fid`` / ``kid``: Frechet distance (Heusel et al. 2017) and kernel distance (Binkowski et al.
   2018) in the feature space of a torch-fidelity extractor ([run.reference] extractor, default
-  ``inception-v3-compat``), computed by torch-fidelity's own metric functions. Reference
-  statistics are cached on disk keyed by dataset, split, extractor and n.
+  ``inception-v3-compat``), torch-fidelity's formulas (its values to round-off) with the
+  reference side computed once per model. Reference features are cached on disk keyed by
+  dataset, split, extractor and n.
 - ``inversion_error`` / ``reconstruction_error``: real data points (n = min(n_samples, 256))
   run to noise by the cell's sampler at its NFE budget (solvers.invert): RMS of the latent
   against the exact encoding (mixtures) or a tight rk45 inversion, with the NFE it counted

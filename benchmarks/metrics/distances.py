@@ -8,7 +8,8 @@ import torch
 
 from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
 
-__all__ = ["exact_data", "sliced_wasserstein", "mmd_rbf", "SlicedWasserstein", "MMD"]
+__all__ = ["exact_data", "sliced_wasserstein", "mmd_rbf", "offdiagonal_sum", "squared_distances",
+           "SlicedWasserstein", "MMD"]
 
 
 def exact_data(cell: CellInfo, n: int) -> Optional[torch.Tensor]:
@@ -45,25 +46,62 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 12
     return sliced_from_reference(x, sliced_reference(y, n_projections, seed))
 
 
+def offdiagonal_sum(n: int, block_kernel: Callable[[slice, slice], torch.Tensor], block: int = 256) -> torch.Tensor:
+    """sum over i != j < n of a symmetric kernel k(x_i, x_j), each pair computed once.
+
+    ``block_kernel(rows, cols)`` gives the kernel matrix of x[rows] against x[cols]; it is asked
+    for row blocks against the columns from the block's first row on (the diagonal block and the
+    part right of it), so the matmuls and elementwise passes cover about half the matrix and one
+    block stays in cache while it is worked on. The matrix it returns may be overwritten."""
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        k = block_kernel(slice(start, stop), slice(start, n))
+        diagonal_block = k[:, :stop - start]
+        total += diagonal_block.sum() - diagonal_block.diagonal().sum() + 2 * k[:, stop - start:].sum()
+    return total
+
+
+def squared_distances(x: torch.Tensor, x_sq: torch.Tensor, y: torch.Tensor, y_sq: torch.Tensor) -> torch.Tensor:
+    """|x_i - y_j|^2 as |x_i|^2 + |y_j|^2 - 2 x_i.y_j (one matmul; x_sq, y_sq: the squared row
+    norms), clamped at 0. The same expansion torch.cdist uses above 25 rows, without its square
+    root (which the Gaussian kernel would square again)."""
+    d2 = torch.addmm(x_sq[:, None], x, y.T, alpha=-2)
+    return d2.add_(y_sq).clamp_min_(0)
+
+
+def _rbf(d2: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """exp(-d^2 / (2 h^2)) in place on the squared distances d2."""
+    return d2.div_(-(2 * bandwidth**2)).exp_()
+
+
 def mmd_reference(y: torch.Tensor, bandwidth: Optional[float] = None) -> Dict[str, object]:
-    """The reference side of :func:`mmd_rbf`: y, the bandwidth (median distance within y) and
-    the mean of k(y, y') over distinct pairs (computed once per reference set)."""
+    """The reference side of :func:`mmd_rbf`: y, its squared row norms, the bandwidth (median
+    distance within y) and the mean of k(y, y') over distinct pairs (computed once per reference
+    set)."""
     y = y.reshape(y.shape[0], -1).double()
     dyy = torch.cdist(y, y)
     if bandwidth is None:
         bandwidth = float(dyy[torch.triu_indices(len(y), len(y), 1).unbind()].median())
     kyy = torch.exp(-dyy.pow(2) / (2 * bandwidth**2))
     m = len(y)
-    return {"y": y, "bandwidth": bandwidth, "kyy_term": (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))}
+    return {"y": y, "y_sq": (y * y).sum(1), "bandwidth": bandwidth,
+            "kyy_term": (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))}
 
 
 def mmd_from_reference(x: torch.Tensor, reference: Dict[str, object]) -> float:
+    """The per-cell side of :func:`mmd_rbf`: squared distances by one matmul each
+    (:func:`squared_distances`), the x-x kernel over each pair once (:func:`offdiagonal_sum`)."""
     x = x.reshape(x.shape[0], -1).double()
-    bandwidth = reference["bandwidth"]
-    k = lambda d: torch.exp(-d.pow(2) / (2 * bandwidth**2))
-    kxx, kxy = k(torch.cdist(x, x)), k(torch.cdist(x, reference["y"]))
+    y, bandwidth = reference["y"], reference["bandwidth"]
+    y_sq = reference.get("y_sq")
+    y_sq = (y * y).sum(1) if y_sq is None else y_sq
+    x_sq = (x * x).sum(1)
     n = len(x)
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + reference["kyy_term"] - 2 * kxy.mean())
+    kxx_sum = offdiagonal_sum(n, lambda rows, cols: _rbf(squared_distances(x[rows], x_sq[rows], x[cols], x_sq[cols]),
+                                                         bandwidth))
+    kxy_mean = _rbf(squared_distances(x, x_sq, y, y_sq), bandwidth).mean()
+    return float(kxx_sum / (n * (n - 1)) + reference["kyy_term"] - 2 * kxy_mean)
 
 
 def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None) -> float:

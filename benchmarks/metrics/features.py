@@ -1,5 +1,6 @@
-"""FID and KID through torch-fidelity: its feature extractors (weights handed over as tensors)
-and its metric functions, with reference statistics cached on disk."""
+"""FID and KID: torch-fidelity's feature extractors (weights handed over as tensors), reference
+features cached on disk, and the metric values by torch-fidelity's formulas, computed here with
+the reference side once per model (see :func:`frechet_distance` and :func:`kid_from_reference`)."""
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,10 @@ from score_models.weights import load_tensors, one_line_error
 from ..budget import phase
 from ..results import write_bytes_atomic
 from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
-from .distances import exact_data
+from .distances import exact_data, offdiagonal_sum
 
-__all__ = ["FID", "KID", "frechet_distance", "to_uint8_images", "make_extractor", "cache_dir", "is_image_model",
+__all__ = ["FID", "KID", "frechet_distance", "frechet_reference", "kid_reference", "kid_from_reference",
+           "to_uint8_images", "make_extractor", "cache_dir", "is_image_model",
            "INCEPTION_ENV", "CACHE_ENV"]
 
 INCEPTION_ENV = "NFEBENCH_INCEPTION_WEIGHTS"
@@ -33,16 +35,78 @@ def feature_statistics(features: torch.Tensor) -> Dict[str, Any]:
     return fid_features_to_statistics(features.double().cpu())
 
 
+def frechet_reference(statistics: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The reference side of :func:`frechet_distance`, computed once per reference set: from
+    :func:`feature_statistics`, the mean, covariance and its trace as float64 tensors, and the
+    covariance's symmetric positive semidefinite square root (eigh; eigenvalues round-off below 0
+    taken as 0)."""
+    mu = torch.as_tensor(statistics["mu"], dtype=torch.float64).reshape(-1)
+    sigma = torch.as_tensor(statistics["sigma"], dtype=torch.float64).reshape(len(mu), len(mu))
+    w, v = torch.linalg.eigh(sigma)
+    return {"mu": mu, "sigma": sigma, "trace": sigma.diagonal().sum(), "sqrt_sigma": (v * w.clamp_min(0).sqrt()) @ v.T}
+
+
 def frechet_distance(features_a: torch.Tensor, features_b: Optional[torch.Tensor],
                      statistics_b: Optional[Dict[str, Any]] = None) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (torch-fidelity's formula);
-    ``statistics_b``: features_b's :func:`feature_statistics`, when already computed."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
+    """Frechet distance between Gaussians fitted to two feature sets [N, D]:
+    |mu_a - mu_b|^2 + tr S_a + tr S_b - 2 tr (S_a S_b)^(1/2) (torch-fidelity's formula, the same
+    value to round-off). ``statistics_b``: features_b's :func:`feature_statistics` or, to do the
+    reference side once for many calls, its :func:`frechet_reference`.
 
-    value = fid_statistics_to_metric(feature_statistics(features_a),
-                                     statistics_b if statistics_b is not None else feature_statistics(features_b),
-                                     verbose=False)
-    return float(value["frechet_inception_distance"])
+    Not torch-fidelity's fid_statistics_to_metric, which takes the eigenvalues of the
+    non-symmetric product S_a S_b with a general eigensolver in numpy (OpenBLAS threads, outside
+    torch's thread setting) on every call. The eigenvalues of S_a S_b = S_a R R, R = S_b^(1/2)
+    the symmetric root, are those of R S_a R (AB and BA have the same eigenvalues), which is
+    symmetric positive semidefinite: tr (S_a S_b)^(1/2) = sum_i sqrt(lambda_i(R S_a R)). So R
+    is found once per reference (eigh, :func:`frechet_reference`) and each call costs the
+    covariance of features_a, two d x d matmuls and a symmetric eigvalsh, in torch float64;
+    eigenvalues that round-off makes slightly negative count as 0 (torch-fidelity takes the real
+    part of their complex root, also 0)."""
+    if statistics_b is None:
+        statistics_b = feature_statistics(features_b)
+    reference = statistics_b if "sqrt_sigma" in statistics_b else frechet_reference(statistics_b)
+    x = features_a.detach().to(device="cpu", dtype=torch.float64)
+    if x.dim() != 2 or x.shape[1] != len(reference["mu"]):
+        raise ValueError(f"frechet_distance needs features [N, {len(reference['mu'])}], got {tuple(x.shape)}")
+    mu = x.mean(0)
+    centred = x - mu
+    sigma = centred.T @ centred / (len(x) - 1)
+    root = reference["sqrt_sigma"]
+    m = root @ sigma @ root
+    eigenvalues = torch.linalg.eigvalsh((m + m.T) / 2)
+    diff = mu - reference["mu"]
+    return float(diff @ diff + sigma.diagonal().sum() + reference["trace"] - 2 * eigenvalues.clamp_min(0).sqrt().sum())
+
+
+def _cubic_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch-fidelity's KID kernel (its defaults): k(a, b) = (a.b / d + 1)^3."""
+    k = torch.mm(a, b.T).mul_(1.0 / a.shape[1]).add_(1)
+    return k.pow_(3)
+
+
+def kid_reference(y: torch.Tensor) -> Dict[str, Any]:
+    """The reference side of :func:`kid_from_reference`: y and the mean of k(y, y') over distinct
+    pairs (computed once per reference set)."""
+    y = y.detach().to(device="cpu", dtype=torch.float64)
+    m = len(y)
+    return {"y": y, "kyy_term": offdiagonal_sum(m, lambda rows, cols: _cubic_kernel(y[rows], y[cols])) / (m * (m - 1))}
+
+
+def kid_from_reference(x: torch.Tensor, reference: Dict[str, Any]) -> float:
+    """KID of feature sets x and y of the same size m, one subset covering both: the unbiased
+    MMD^2 of torch-fidelity's kid_features_to_metric with kid_subsets=1, kid_subset_size=m
+    (kernel: its default cubic polynomial; its subset is a permutation of each set, which the
+    value does not depend on), the same to round-off:
+    sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i, j} k(x_i, y_j) / m^2.
+    Ours to compute the y-y term once per reference set (:func:`kid_reference`), in torch float64
+    (torch's thread setting; torch-fidelity's numpy matmuls take OpenBLAS's own threads)."""
+    x = x.detach().to(device="cpu", dtype=torch.float64)
+    y = reference["y"]
+    if x.shape != y.shape:
+        raise ValueError(f"kid_from_reference needs feature sets of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    m = len(x)
+    kxx_sum = offdiagonal_sum(m, lambda rows, cols: _cubic_kernel(x[rows], x[cols]))
+    return float(kxx_sum / (m * (m - 1)) + reference["kyy_term"] - 2 * _cubic_kernel(x, y).sum() / (m * m))
 
 
 def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
@@ -197,7 +261,7 @@ class FID(_FeatureDistance):
         n = int(self.cell.reference.get("n_data", len(x)))
         key = ("reference_statistics", self.cell.model_key, self.extractor_name, self.layer, n)
         if key not in self.cell.cache:  # the reference side once per model, not per cell
-            self.cell.cache[key] = feature_statistics(self.reference_features(n))
+            self.cell.cache[key] = frechet_reference(feature_statistics(self.reference_features(n)))
         return {"fid": frechet_distance(x, None, self.cell.cache[key])}
 
 
@@ -211,8 +275,16 @@ class KID(_FeatureDistance):
         if not self.applies:
             return {"kid": math.nan, "kid_std": math.nan}
         x = torch.cat(self.features)
-        ref = self.reference_features(int(self.cell.reference.get("n_data", len(x))))
+        n = int(self.cell.reference.get("n_data", len(x)))
+        ref = self.reference_features(n)
         subset = min(1000, len(x), len(ref))
+        if 2 <= len(x) == len(ref) <= 1000:
+            # One subset is both whole sets (the sweep's case, n_data = n_samples): the same value
+            # as torch-fidelity's with the reference side once per model; its std of one value is 0.
+            key = ("kid_reference", self.cell.model_key, self.extractor_name, self.layer, n)
+            if key not in self.cell.cache:
+                self.cell.cache[key] = kid_reference(ref)
+            return {"kid": kid_from_reference(x, self.cell.cache[key]), "kid_std": 0.0}
         # 100 subsets of 1000 (torch-fidelity's defaults); when a subset is the whole set every
         # subset is the same, so one suffices. Kernel: torch-fidelity's default cubic polynomial.
         subsets = 1 if subset == min(len(x), len(ref)) else 100
