@@ -7,7 +7,7 @@ cell's numbers depend only on its own generators (seeded by seed and batch), nev
 process ran it or what ran before, so the rows equal a single process's (tested, quality
 columns exactly). Workers are started with ``spawn`` (a forked copy of a process whose torch
 thread pool is running can hang) and share the machine's cores: each gets cores // K torch
-threads, at least one.
+threads (torch and the BLAS under numpy), at least one.
 
 The same workers then render the run's plots and sample grids (:meth:`Workers.map`), so a run
 with ``--jobs K`` keeps K processes busy after its last cell too instead of plotting in one.
@@ -34,7 +34,13 @@ _WORKER: Dict[str, Any] = {}
 
 
 def _start_worker(cfg: SweepConfig, out_dir: str, threads: int) -> None:
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(threads)
+    # numpy/scipy's BLAS keeps a thread per core otherwise: K workers would each run that many
+    # on the K-share of the cores they were given (torch-fidelity's FID took about 1 s a cell
+    # that way on 2 busy cores, 8.5 ms with one BLAS thread).
+    threadpool_limits(threads)
     with phase("setup"):
         device = resolve_device(cfg.device)
         ctx = RunContext(cfg, device, getattr(torch, cfg.dtype), {}, {}, Distributed(), Path(out_dir))
