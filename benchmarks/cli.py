@@ -39,8 +39,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .sweep.parallel import Workers
 
-    # With --jobs the same worker processes run the cells and then render the plots.
-    with Workers(cfg, out, args.jobs) if args.jobs > 1 else nullcontext() as workers:
+    # With --jobs the same worker processes run the cells and then render the plots; started
+    # first, so that they load the models while this process checks and prepares the run.
+    with Workers(cfg, out, args.jobs).start() if args.jobs > 1 else nullcontext() as workers:
         try:
             df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend,
                            jobs=args.jobs, workers=workers)

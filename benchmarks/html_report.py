@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from .budget import budget_table
-from .report import (LOWER_IS_BETTER, best_series_rows, metric_columns, pivot, plot_file_name, render_plots,
-                     student_rows)
+from .report import (LOWER_IS_BETTER, best_series_rows, metric_columns, pivot, plot_file_name, plot_points,
+                     render_plots, student_rows)
 from .results import read_results, write_atomic
 
 __all__ = ["html_report", "write_html_report", "REPORT_FILE"]
@@ -361,9 +361,9 @@ def _stored_plots(run_dir: Path, df: pd.DataFrame) -> Optional[List[Tuple[str, s
     newest = (run_dir / "results.csv").stat().st_mtime
     found = []
     for model in dict.fromkeys(df[df["status"] == "ok"]["model"]):
+        sub = df[(df["model"] == model) & (df["status"] == "ok")]
         for metric in metric_columns(df):
-            sub = df[(df["model"] == model) & (df["status"] == "ok")]
-            if metric not in sub or not (sub[metric] > 0).any():
+            if plot_points(sub, metric) is None:
                 continue
             path = run_dir / plot_file_name(model, metric)
             if not path.is_file() or path.stat().st_mtime < newest:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .results import KEY_COLUMNS, RESULT_COLUMNS, safe_file_name, write_bytes_atomic
 
-__all__ = ["metric_columns", "markdown_report", "render_plots", "write_plots", "plot_file_name", "compare",
+__all__ = ["metric_columns", "markdown_report", "render_plots", "plot_points", "write_plots", "plot_file_name", "compare",
            "student_table", "student_rows", "best_series_rows", "pivot", "markdown_pivot", "LOWER_IS_BETTER"]
 
 #: metrics where lower is better (all current ones); the report marks the minimum per column
@@ -198,6 +198,15 @@ def _pareto(points: np.ndarray) -> np.ndarray:
 X_AXES = {"nfe": "NFE (counted)", "sequential_depth": "sequential depth (network calls in sequence)"}
 
 
+def plot_points(sub: pd.DataFrame, metric: str) -> Optional[pd.DataFrame]:
+    """The rows of one model's finished cells that its ``metric`` plot draws (positive values:
+    the axes are logarithmic), or None where there is no trade-off to draw: fewer than two
+    (series, NFE) points, as for a few-step student run at one budget (its value is in the
+    table beside the plot)."""
+    data = sub[sub[metric] > 0] if metric in sub else sub.iloc[:0]
+    return data if len(data[["series", "nfe_budget"]].drop_duplicates()) >= 2 else None
+
+
 def render_plots(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe",
                  mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map
                  ) -> List[Tuple[str, str, bytes]]:
@@ -229,9 +238,8 @@ def _model_plots(job: Tuple[str, pd.DataFrame, List[str], Dict[str, Dict], int, 
 
     rendered = []
     for metric in metrics:
-        data = sub.dropna(subset=[metric])
-        data = data[data[metric] > 0]
-        if data.empty:
+        data = plot_points(sub, metric)
+        if data is None:
             continue
         fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
         for series, g in data.groupby("series", sort=False):

@@ -166,3 +166,27 @@ def test_kid_with_fewer_samples_than_reference_data_keeps_torch_fidelitys_subset
     expected = kid_features_to_metric(pixels(x), pixels(data.float()), kid_subsets=1, kid_subset_size=200,
                                       verbose=False, rng_seed=REFERENCE_SEED % 2**31)
     assert kid == {"kid": expected["kernel_inception_distance_mean"], "kid_std": expected["kernel_inception_distance_std"]}
+
+
+def test_fid_and_kid_of_one_cell_extract_each_batch_once(tmp_path, monkeypatch):
+    """The sweep hands FID and KID the same batch in turn: one extraction serves both, and the
+    values equal those of separate extractions."""
+    import benchmarks.metrics.features as features
+    from score_models import zoo
+
+    model = zoo.load("gmm:image3x8x8", schedule="edm")
+    x = model.sample_data(256, generator=torch.Generator().manual_seed(5)).float()
+    separate = {**run_metric(FID, cell(model, "image", 256, tmp_path, {}), x),
+                **run_metric(KID, cell(model, "image", 256, tmp_path, {}), x)}
+    calls = []
+    real = features._extract
+    monkeypatch.setattr(features, "_extract", lambda extractor, images, *a: calls.append(len(images)) or real(extractor, images, *a))
+    cache = {}
+    fid, kid = FID(cell(model, "image", 256, tmp_path, cache)), KID(cell(model, "image", 256, tmp_path, cache))
+    for i in range(0, 256, 128):
+        batch = x[i:i + 128]
+        fid.update(i // 128, batch, batch)
+        kid.update(i // 128, batch, batch)
+    calls_for_samples = len(calls)
+    assert {**fid.result(), **kid.result()} == separate
+    assert calls_for_samples == 2  # two batches, not four

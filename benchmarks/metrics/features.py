@@ -221,11 +221,19 @@ class _FeatureDistance(Metric):
         key = ("extractor", cell.reference.get("extractor"), cell.reference.get("weights"), str(cell.device))
         if key not in cell.cache:
             cell.cache[key] = make_extractor(cell.reference, cell.device)
+        self.extractor_key = key
         self.extractor_name, self.layer, self.extractor = cell.cache[key]
 
     def update(self, batch_index: int, noise: torch.Tensor, samples: torch.Tensor) -> None:
-        if self.applies:
-            self.features.append(_extract(self.extractor, to_uint8_images(samples)))
+        if not self.applies:
+            return
+        # FID and KID of a cell see the same batch one after the other: extract it once. The
+        # slot holds the batch itself, so the identity test cannot match a recycled tensor.
+        last = self.cell.cache.get("last_batch_features")
+        if last is None or last[0] is not samples or last[1] != self.extractor_key:
+            last = (samples, self.extractor_key, _extract(self.extractor, to_uint8_images(samples)))
+            self.cell.cache["last_batch_features"] = last
+        self.features.append(last[2])
 
     def reference_features(self, n: int) -> torch.Tensor:
         """Features of n exact data samples, cached in memory and on disk."""

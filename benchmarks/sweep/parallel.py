@@ -78,8 +78,8 @@ def interleave_models(cells: List[Cell]) -> List[Cell]:
 
 class Workers:
     """K worker processes held for one invocation: its cells (:meth:`run_cells`), then any
-    other per-model work (:meth:`map`). Started at first use; a context manager that stops them
-    (at once when the block raised)."""
+    other per-model work (:meth:`map`). Started at first use or by :meth:`start`; a context
+    manager that stops them (at once when the block raised)."""
 
     def __init__(self, cfg: SweepConfig, out_dir: Path, jobs: int, threads: Optional[int] = None):
         if jobs < 2:
@@ -87,6 +87,11 @@ class Workers:
         self.cfg, self.out_dir, self.jobs = cfg, Path(out_dir), jobs
         self.threads = threads or worker_threads(jobs)
         self._pool = None
+
+    def start(self) -> "Workers":
+        """Start the processes now (they load the models while the caller prepares the run)."""
+        self._workers()
+        return self
 
     def _workers(self):
         if self._pool is None:
