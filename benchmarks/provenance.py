@@ -81,7 +81,7 @@ def metadata(cfg: Any, device: torch.device, skipped: List[str], world_size: int
             "solver_error": "RMS per dimension vs the exact PF-ODE endpoint from the same noise "
                             "(GaussianMixture: scipy DOP853 rtol=atol=1e-11; other models: rk45 at reference rtol)",
             "distribution_reference": "exact data samples of the GaussianMixture, same n, fixed seed",
-            "timing": "warm-up call, median of 5 forward passes (forward_s, once per model and batch shape), "
+            "timing": "warm-up call, median of 3 forward passes (forward_s, once per model and batch shape), "
                       "then the whole sampling run",
         },
         "skipped": skipped,

@@ -190,3 +190,16 @@ def test_fid_and_kid_of_one_cell_extract_each_batch_once(tmp_path, monkeypatch):
     calls_for_samples = len(calls)
     assert {**fid.result(), **kid.result()} == separate
     assert calls_for_samples == 2  # two batches, not four
+
+
+@pytest.mark.parametrize("d", [2, 16, 192])
+def test_sliced_wasserstein_equals_torch_sorted_projections(d):
+    """numpy sorts the projections (faster): the value is exactly torch.sort's."""
+    from benchmarks.metrics.distances import sliced_wasserstein
+
+    g = torch.Generator().manual_seed(d)
+    x, y = torch.randn(1000, d, generator=g, dtype=torch.float64), 0.5 + torch.randn(1000, d, generator=g, dtype=torch.float64)
+    dirs = torch.randn(d, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dirs /= dirs.norm(dim=0, keepdim=True)
+    expected = float(((torch.sort(x @ dirs, dim=0)[0] - torch.sort(y @ dirs, dim=0)[0]) ** 2).mean().sqrt())
+    assert sliced_wasserstein(x, y) == expected

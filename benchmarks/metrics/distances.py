@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
@@ -29,7 +30,7 @@ def sliced_reference(y: torch.Tensor, n_projections: int = 128, seed: int = 0) -
     y = y.reshape(y.shape[0], -1).double()
     dirs = torch.randn(y.shape[1], n_projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     dirs /= dirs.norm(dim=0, keepdim=True)
-    return {"dirs": dirs, "sorted": torch.sort(y @ dirs, dim=0)[0]}
+    return {"dirs": dirs, "sorted": _sorted_columns(y @ dirs)}
 
 
 def sliced_from_reference(x: torch.Tensor, reference: Dict[str, torch.Tensor]) -> float:
@@ -37,8 +38,14 @@ def sliced_from_reference(x: torch.Tensor, reference: Dict[str, torch.Tensor]) -
     if x.shape[0] != reference["sorted"].shape[0] or x.shape[1] != reference["dirs"].shape[0]:
         raise ValueError(f"sliced_wasserstein needs equal-size samples, got {tuple(x.shape)} and "
                          f"{(reference['sorted'].shape[0], reference['dirs'].shape[0])}")
-    px, _ = torch.sort(x @ reference["dirs"], dim=0)
+    px = _sorted_columns(x @ reference["dirs"])
     return float(((px - reference["sorted"]) ** 2).mean().sqrt())
+
+
+def _sorted_columns(projections: torch.Tensor) -> torch.Tensor:
+    """Each column sorted: by numpy, whose SIMD sort is about 8x faster than torch's on the CPU
+    for the [n, 128] float64 projections here (sorting is exact, so the values are the same)."""
+    return torch.from_numpy(np.sort(projections.cpu().numpy(), axis=0))
 
 
 def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 128, seed: int = 0) -> float:

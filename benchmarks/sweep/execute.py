@@ -4,7 +4,7 @@ into the metrics on rank 0, and turn any failure into a row.
 Protocol per cell:
 1. Noise and per-step randomness come from per-batch generators seeded by (seed, batch index),
    so every sampler sees the same noise and a sharded run draws the same numbers.
-2. Timing: one warm-up network call, then the median of 5 single forward passes at the batch
+2. Timing: one warm-up network call, then the median of 3 single forward passes at the batch
    shape (``forward_s``, measured once per model and batch shape), then the whole sampling run timed (CUDA events on GPU); the loop's own
    cost is ``overhead_frac`` = 1 - (counted NFE x forward_s) / wall.
 3. Any NaN/Inf in a batch makes the row ``diverged``; the batch is re-run with a watch on the
@@ -285,14 +285,14 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
 
 
 def _forward_seconds(ctx: RunContext, model: DiffusionModel, cell: Cell, batch: int) -> float:
-    """One forward pass's time at the cell's batch shape: a warm-up call, then the median of 5,
+    """One forward pass's time at the cell's batch shape: a warm-up call, then the median of 3,
     measured once per model and batch shape and shared by its cells."""
     key = ("forward_s", cell.model.key, batch)
     if key not in ctx.cache:
         with phase("forward_probe"), torch.inference_mode():
             probe = torch.zeros((batch,) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
             t_probe = model.schedule.t_max
-            ctx.cache[key] = median_seconds(lambda: model.raw(probe, t_probe), ctx.device)
+            ctx.cache[key] = median_seconds(lambda: model.raw(probe, t_probe), ctx.device, repeats=3)
     return ctx.cache[key]
 
 
