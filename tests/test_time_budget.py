@@ -96,7 +96,7 @@ def test_forward_probe_runs_once_per_model_and_batch_shape(tmp_path, monkeypatch
 
     probes = []
     real = execute.median_seconds
-    monkeypatch.setattr(execute, "median_seconds", lambda fn, device: probes.append(1) or real(fn, device))
+    monkeypatch.setattr(execute, "median_seconds", lambda fn, device, **kw: probes.append(1) or real(fn, device, **kw))
     df = run_sweep(small_config(), tmp_path / "run", progress=False)
     assert len(probes) == df["model"].nunique()  # one batch shape per model here
     assert (df.groupby("model")["forward_s"].nunique() == 1).all()
