@@ -15,7 +15,7 @@ import torch
 import solvers
 from benchmarks.cli import main
 from benchmarks.palette import delta_e, distinct_colours, series_styles
-from benchmarks.report import metric_columns, pivot, student_rows
+from benchmarks.report import metric_columns, pivot, plot_points, student_rows
 from benchmarks.results import read_results
 from benchmarks.sweep.cells import batch_generator
 from benchmarks.sweep.execute import PREVIEW_DIR, preview_file_name
@@ -125,9 +125,15 @@ def test_the_page_holds_every_table_plot_grid_failure_and_the_protocol(run_dir):
     page, text = parse(run_dir / "report.html")
     images = [a for t, a in page.tags if t == "img"]
     alts = {a["alt"] for a in images}
+    ok = df[df["status"] == "ok"]
+    plotted = 0
     for model, metric in expected_tables(df):
         if metric != "s_per_sample":
-            assert f"{model}: {metric} against NFE and wall time" in alts
+            # a plot wherever there are two (series, NFE) points to trade off, none for a single point
+            drawn = plot_points(ok[ok["model"] == model], metric) is not None
+            assert (f"{model}: {metric} against NFE and wall time" in alts) == drawn
+            plotted += drawn
+    assert 0 < plotted < len([k for k in expected_tables(df) if k[1] != "s_per_sample"])
     # sample grids: the image-shaped model and the 2-D models (the diverged/failed ones left none)
     for model in ("gmm:image3x8x8@ddpm_linear", "gmm:ring8@vp_linear", "toy2d-moons", "toy2d-moons-cd"):
         assert f"{model}: sample grid" in alts
