@@ -16,32 +16,33 @@ __all__ = ["main"]
 
 def _cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    from .budget import BUDGET, phase
-
-    BUDGET.reset()
-    with phase("startup"):
-        from .config import load_config
-        from .report import markdown_report
-        from .results import write_atomic
-        from .sweep import run_sweep
-
-        cfg = load_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    progress = not args.quiet and sys.stderr.isatty()
-
-    def write_report(df, title: str) -> str:
-        meta = json.loads((out / "metadata.json").read_text())
-        report = markdown_report(df, title=title, protocol=meta["protocol"])
-        write_atomic(out / "results.md", report)
-        return report
-
     from contextlib import nullcontext
 
-    from .sweep.parallel import Workers
+    from .budget import BUDGET, phase
+    from .parallel import Workers
 
-    # With --jobs the same worker processes run the cells and then render the plots; started
-    # first, so that they load the models while this process checks and prepares the run.
-    with Workers(cfg, out, args.jobs).start() if args.jobs > 1 else nullcontext() as workers:
+    BUDGET.reset()
+    # With --jobs the same worker processes run the cells and then render the plots. They start
+    # first and read the config themselves, so they import and load the models while this
+    # process does the same and checks the run.
+    workers = Workers(("path", args.config), args.jobs).start() if args.jobs > 1 else None
+    with workers if workers is not None else nullcontext():
+        with phase("startup"):
+            from .config import load_config
+            from .report import markdown_report
+            from .results import write_atomic
+            from .sweep import run_sweep
+
+            cfg = load_config(args.config)
+        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        progress = not args.quiet and sys.stderr.isatty()
+
+        def write_report(df, title: str) -> str:
+            meta = json.loads((out / "metadata.json").read_text())
+            report = markdown_report(df, title=title, protocol=meta["protocol"])
+            write_atomic(out / "results.md", report)
+            return report
+
         try:
             df = run_sweep(cfg, out, resume=args.resume or args.extend, progress=progress, extend=args.extend,
                            jobs=args.jobs, workers=workers)

@@ -29,7 +29,7 @@ def _budget(out: Path, start: float) -> dict:
 def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = True, workers=None) -> str:
     """Plots, sample grids and (``html``) report.html for the run in ``out``; the time budget of
     the invocation that began at ``start`` (perf_counter) goes into metadata.json. ``workers``
-    (a :class:`~benchmarks.sweep.parallel.Workers`) render the models side by side. Returns a
+    (a :class:`~benchmarks.parallel.Workers`) render the models side by side. Returns a
     short list of what was written."""
     from .report import render_plots, write_plots
     from .sample_grids import render_sample_grids, write_sample_grids

@@ -143,10 +143,10 @@ def test_the_workers_render_the_plots_and_grids_one_process_renders(tmp_path):
     from benchmarks.budget import BUDGET
     from benchmarks.report import render_plots
     from benchmarks.sample_grids import render_sample_grids
-    from benchmarks.sweep.parallel import Workers
+    from benchmarks.parallel import Workers
 
     cfg = small_config()
-    with Workers(cfg, tmp_path / "run", 2) as workers:
+    with Workers(cfg, 2) as workers:
         df = run_sweep(cfg, tmp_path / "run", progress=False, jobs=2, workers=workers)
         before = BUDGET.snapshot().get("plotting", 0.0)
         plots = render_plots(df, mapper=workers.mapper("plotting"))
@@ -161,7 +161,7 @@ def test_the_workers_render_the_plots_and_grids_one_process_renders(tmp_path):
 def test_workers_are_dealt_the_cells_one_model_at_a_time():
     """Every cell once, each model's cells in their own order, the models taking turns."""
     from benchmarks.sweep.cells import expand_cells
-    from benchmarks.sweep.parallel import interleave_models
+    from benchmarks.parallel import interleave_models
 
     cells, _ = expand_cells(parse_config({
         "run": {"nfe": [2, 4, 8]},
@@ -174,6 +174,22 @@ def test_workers_are_dealt_the_cells_one_model_at_a_time():
         assert [c for c in dealt if c.model.key == model] == [c for c in cells if c.model.key == model]
     assert len({c.model.key for c in dealt[:3]}) == 3  # the first round: one cell of each model
     assert interleave_models([]) == []
+
+
+def test_jobs_workers_share_one_forward_probe_per_model(tmp_path):
+    df = run_sweep(small_config(), tmp_path / "run", progress=False, jobs=2)
+    assert (df.groupby("model")["forward_s"].nunique() == 1).all()
+
+
+def test_a_bad_config_with_jobs_is_one_line_and_exit_2(tmp_path, capfd):
+    """The workers start before the parent has read the config: they read it too and keep
+    their error to themselves, so the parent's one-line refusal is all that is printed."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[run]\nnfe = [4]\n[[models]]\nname = "gmm:ring8"\n[[samplers]]\nsampler = "eulr"\n')
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--jobs", "2", "--quiet"]) == 2
+    err = capfd.readouterr().err
+    assert "unknown sampler 'eulr'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_jobs_must_be_positive(tmp_path, capsys):

@@ -41,8 +41,8 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, progress: b
     """Run every cell of ``cfg`` into ``out_dir`` (results.csv, metadata.json with the run's time
     budget; the CLI adds the report and plots), holding the directory for the whole sweep
     (:class:`RunDirectory`). ``jobs`` > 1 runs cells in that many worker processes
-    (:mod:`.parallel`; ``workers``: a :class:`~.parallel.Workers` the caller keeps for more work,
-    else started here); the rows are the same as one process writes."""
+    (:mod:`benchmarks.parallel`; ``workers``: a :class:`~benchmarks.parallel.Workers` the caller
+    keeps for more work, else started here); the rows are the same as one process writes."""
     if jobs < 1:
         raise ValueError(f"--jobs must be a positive number of processes, got {jobs}")
     start, before = time.perf_counter(), BUDGET.snapshot()
@@ -112,9 +112,10 @@ def _run(cfg: SweepConfig, out_dir: Path, rows: List[Dict[str, Any]], dist, prog
         bar.update(1)
 
     if jobs > 1:
-        from .parallel import run_cells_in_processes
+        from ..parallel import run_cells_in_processes
 
-        dealt = workers.run_cells(cells, todo) if workers is not None else run_cells_in_processes(cfg, out_dir, cells, todo, jobs)
+        dealt = (workers.run_cells(cells, todo, out_dir) if workers is not None
+                 else run_cells_in_processes(cfg, out_dir, cells, todo, jobs))
         for row, spent in dealt:
             BUDGET.merge(spent)
             bar.set_postfix_str(f"{row['model']} {row['series']} nfe={row['nfe_budget']}", refresh=False)
@@ -147,7 +148,7 @@ def time_budget(phases: Dict[str, float], elapsed: float, sampled: Dict[str, flo
     """metadata.json's ``time_budget``: seconds per phase (:mod:`benchmarks.budget`), the elapsed
     time, and the cells' summed sampling wall time with its share of the time available (elapsed x
     processes). Covers this invocation only (a resumed run's earlier ones are not included)."""
-    from .parallel import worker_threads
+    from ..parallel import worker_threads
 
     available = elapsed * jobs
     threads = torch.get_num_threads() if jobs == 1 else worker_threads(jobs)

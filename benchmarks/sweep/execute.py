@@ -20,7 +20,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, MutableMapping, Optional, Tuple
 
 import torch
 
@@ -51,6 +51,8 @@ class RunContext:
     cache: Dict[Any, Any]
     dist: Distributed
     out_dir: Path
+    # forward probes shared with the other --jobs workers (a manager's dict), else kept in cache
+    shared_probes: Optional[MutableMapping] = None
 
     def save_samples(self, cell: Cell, samples: torch.Tensor) -> None:
         name = safe_file_name("_".join(map(str, cell.key)))
@@ -286,13 +288,19 @@ def run_cell(ctx: RunContext, cell: Cell, progress: bool = False) -> ResultRow:
 
 def _forward_seconds(ctx: RunContext, model: DiffusionModel, cell: Cell, batch: int) -> float:
     """One forward pass's time at the cell's batch shape: a warm-up call, then the median of 3,
-    measured once per model and batch shape and shared by its cells."""
+    measured once per model and batch shape and shared by its cells (and by the --jobs workers)."""
     key = ("forward_s", cell.model.key, batch)
     if key not in ctx.cache:
-        with phase("forward_probe"), torch.inference_mode():
-            probe = torch.zeros((batch,) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
-            t_probe = model.schedule.t_max
-            ctx.cache[key] = median_seconds(lambda: model.raw(probe, t_probe), ctx.device, repeats=3)
+        shared = ctx.shared_probes
+        if shared is not None and key in shared:
+            ctx.cache[key] = shared[key]
+        else:
+            with phase("forward_probe"), torch.inference_mode():
+                probe = torch.zeros((batch,) + model.sample_shape, device=ctx.device, dtype=ctx.dtype)
+                t_probe = model.schedule.t_max
+                measured = median_seconds(lambda: model.raw(probe, t_probe), ctx.device, repeats=3)
+            # two workers may probe side by side: every cell of the run takes the first value stored
+            ctx.cache[key] = measured if shared is None else shared.setdefault(key, measured)
     return ctx.cache[key]
 
 

@@ -17,43 +17,63 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import torch
+from .budget import BUDGET, phase
 
-from ..budget import BUDGET, phase
-from ..config import SweepConfig
-from ..distributed import Distributed
-from ..timing import resolve_device
-from .cells import Cell, expand_cells
-from .execute import RunContext, load_model, run_cell
+if TYPE_CHECKING:
+    from .config import SweepConfig
+    from .sweep.cells import Cell
 
 __all__ = ["Workers", "interleave_models", "run_cells_in_processes", "worker_threads"]
 
 _WORKER: Dict[str, Any] = {}
 
+#: A worker's config: the parsed one, or ("path", CONFIG or None for the embedded default) to
+#: parse in the worker, so that workers can start before the parent has imported anything heavy.
+ConfigSource = Union["SweepConfig", Tuple[str, Optional[str]]]
 
-def _start_worker(cfg: SweepConfig, out_dir: str, threads: int) -> None:
+
+def _start_worker(config: ConfigSource, threads: int, probes) -> None:
+    import torch
     from threadpoolctl import threadpool_limits
+
+    from .config import load_config
+    from .distributed import Distributed
+    from .sweep.cells import expand_cells
+    from .sweep.execute import RunContext, load_model
+    from .timing import resolve_device
 
     torch.set_num_threads(threads)
     # numpy/scipy's BLAS keeps a thread per core otherwise: K workers would each run that many
     # on the K-share of the cores they were given (torch-fidelity's FID took about 1 s a cell
     # that way on 2 busy cores, 8.5 ms with one BLAS thread).
     threadpool_limits(threads)
-    with phase("setup"):
-        device = resolve_device(cfg.device)
-        ctx = RunContext(cfg, device, getattr(torch, cfg.dtype), {}, {}, Distributed(), Path(out_dir))
-        cells, _ = expand_cells(cfg, lambda spec: load_model(ctx, spec))
+    try:
+        with phase("setup"):
+            cfg = load_config(config[1]) if isinstance(config, tuple) else config
+            device = resolve_device(cfg.device)
+            # the run directory comes with each cell (the workers may start before it is known)
+            ctx = RunContext(cfg, device, getattr(torch, cfg.dtype), {}, {}, Distributed(), Path(), probes)
+            cells, _ = expand_cells(cfg, lambda spec: load_model(ctx, spec))
+    except Exception as e:  # noqa: BLE001 - kept for the first cell: the parent meets a bad config first and stops
+        _WORKER.update(error=e)
+        return
     _WORKER.update(ctx=ctx, cells=cells)
 
 
-def _run_one(job: Tuple[int, Tuple]) -> Tuple[Dict[str, Any], Dict[str, float]]:
-    index, key = job
-    cell: Cell = _WORKER["cells"][index]
+def _run_one(job: Tuple[int, Tuple, str]) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    from .sweep.execute import run_cell
+
+    index, key, out_dir = job
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    cell = _WORKER["cells"][index]
     if cell.key != key:  # the worker expanded another config than the parent: never mix them
         raise RuntimeError(f"worker cell {cell.key} is not the parent's {key}")
-    row = run_cell(_WORKER["ctx"], cell)
+    ctx = _WORKER["ctx"]
+    ctx.out_dir = Path(out_dir)
+    row = run_cell(ctx, cell)
     return row.as_dict(), BUDGET.take()
 
 
@@ -62,14 +82,14 @@ def worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def interleave_models(cells: List[Cell]) -> List[Cell]:
+def interleave_models(cells: List["Cell"]) -> List["Cell"]:
     """The cells dealt out one model at a time (first cell of each model, then the second, ...),
     each model's cells in their own order. In cell order a model's cells are consecutive, so two
     workers would start the same model together and the second would wait on the file lock
     while the first solves that model's reference solution (minutes for a UNet); dealt out this
     way the workers solve different models' references side by side, and the many small
     mixture cells, not one model's heaviest cells, make up the end of the run."""
-    by_model: Dict[str, List[Cell]] = {}
+    by_model: Dict[str, List["Cell"]] = {}
     for cell in cells:
         by_model.setdefault(cell.model.key, []).append(cell)
     queues = list(by_model.values())
@@ -81,12 +101,12 @@ class Workers:
     other per-model work (:meth:`map`). Started at first use or by :meth:`start`; a context
     manager that stops them (at once when the block raised)."""
 
-    def __init__(self, cfg: SweepConfig, out_dir: Path, jobs: int, threads: Optional[int] = None):
+    def __init__(self, config: ConfigSource, jobs: int, threads: Optional[int] = None):
         if jobs < 2:
             raise ValueError(f"worker processes are for --jobs 2 or more, got {jobs}")
-        self.cfg, self.out_dir, self.jobs = cfg, Path(out_dir), jobs
+        self.config, self.jobs = config, jobs
         self.threads = threads or worker_threads(jobs)
-        self._pool = None
+        self._pool = self._manager = None
 
     def start(self) -> "Workers":
         """Start the processes now (they load the models while the caller prepares the run)."""
@@ -96,15 +116,18 @@ class Workers:
     def _workers(self):
         if self._pool is None:
             context = mp.get_context("spawn")
+            # One forward probe per model and batch shape for all workers, not one per worker.
+            self._manager = context.Manager()
             self._pool = context.Pool(self.jobs, initializer=_start_worker,
-                                      initargs=(self.cfg, str(self.out_dir), self.threads))
+                                      initargs=(self.config, self.threads, self._manager.dict()))
         return self._pool
 
-    def run_cells(self, cells: List[Cell], todo: List[Cell]) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
+    def run_cells(self, cells: List["Cell"], todo: List["Cell"], out_dir: Path
+                  ) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
         """Rows of the ``todo`` cells (as ``ResultRow.as_dict`` gives them) with the time budget
         each worker spent on them, in the order they finish (handed out by :func:`interleave_models`)."""
         index = {c.key: i for i, c in enumerate(cells)}
-        jobs = [(index[c.key], c.key) for c in interleave_models(todo)]
+        jobs = [(index[c.key], c.key, str(out_dir)) for c in interleave_models(todo)]
         yield from self._workers().imap_unordered(_run_one, jobs, chunksize=1)
 
     def map(self, phase_name: str, fn: Callable[[Any], Any], items: Iterable[Any]) -> List[Any]:
@@ -128,7 +151,8 @@ class Workers:
             else:
                 self._pool.close()
             self._pool.join()
-            self._pool = None
+            self._manager.shutdown()
+            self._pool = self._manager = None
 
     def __enter__(self) -> "Workers":
         return self
@@ -144,8 +168,8 @@ def _call_in_phase(job: Tuple[str, Callable[[Any], Any], Any]) -> Tuple[Any, Dic
     return result, BUDGET.take()
 
 
-def run_cells_in_processes(cfg: SweepConfig, out_dir: Path, cells: List[Cell], todo: List[Cell], jobs: int,
+def run_cells_in_processes(cfg: "SweepConfig", out_dir: Path, cells: List["Cell"], todo: List["Cell"], jobs: int,
                            threads: Optional[int] = None) -> Iterator[Tuple[Dict[str, Any], Dict[str, float]]]:
     """:meth:`Workers.run_cells` in workers started for these cells alone."""
-    with Workers(cfg, out_dir, jobs, threads) as workers:
-        yield from workers.run_cells(cells, todo)
+    with Workers(cfg, jobs, threads) as workers:
+        yield from workers.run_cells(cells, todo, out_dir)
