@@ -25,7 +25,7 @@ from .report import (LOWER_IS_BETTER, best_series_rows, metric_columns, pivot, p
                      render_plots, student_rows)
 from .results import read_results, write_atomic
 
-__all__ = ["html_report", "write_html_report", "REPORT_FILE"]
+__all__ = ["html_report", "write_html_report", "budget_section", "REPORT_FILE"]
 
 REPORT_FILE = "report.html"
 
@@ -268,7 +268,9 @@ def _protocol_section(meta: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _budget_section(meta: Dict[str, Any], report_seconds: Optional[float]) -> str:
+def budget_section(meta: Dict[str, Any], report_seconds: Optional[float]) -> str:
+    """The page's time budget section from metadata's ``time_budget``; ``report_seconds``: time
+    already spent on the report, added to its phase."""
     budget = meta.get("time_budget")
     head = '<section id="budget"><h2>Time budget</h2>'
     if not budget:
@@ -321,7 +323,7 @@ def html_report(df: pd.DataFrame, meta: Dict[str, Any], plots: Optional[List[Tup
     nav += ['<a href="#students">students</a>', '<a href="#failures">failures</a>', '<a href="#protocol">protocol</a>',
             '<a href="#budget">time budget</a>']
     body = [_best_section(df)] + [_model_section(df, m, plot_map, grid_map.get(m)) for m in models]
-    body += [_students_section(df), _failures_section(df), _protocol_section(meta), _budget_section(meta, report_seconds)]
+    body += [_students_section(df), _failures_section(df), _protocol_section(meta), budget_section(meta, report_seconds)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
