@@ -1,13 +1,16 @@
 """``--jobs K``: independent cells in K worker processes on one machine.
 
 Each worker builds its own run context (models loaded once per worker, its own reference
-caches), expands the same cells from the same config, and runs the cells it is handed by index;
+caches; the forward probes, one per model and batch shape, are shared through a manager's dict),
+expands the same cells from the same config, and runs the cells it is handed by index;
 the parent appends each row as it arrives and sorts the table into cell order at the end. A
 cell's numbers depend only on its own generators (seeded by seed and batch), never on which
 process ran it or what ran before, so the rows equal a single process's (tested, quality
 columns exactly). Workers are started with ``spawn`` (a forked copy of a process whose torch
 thread pool is running can hang) and share the machine's cores: each gets cores // K torch
-threads (torch and the BLAS under numpy), at least one.
+threads (torch and the BLAS under numpy), at least one. This module imports nothing heavy, so
+``nfebench run`` starts the workers first and they import torch and load the models side by
+side with the parent.
 
 The same workers then render the run's plots and sample grids (:meth:`Workers.map`), so a run
 with ``--jobs K`` keeps K processes busy after its last cell too instead of plotting in one.
@@ -135,7 +138,8 @@ class Workers:
         each call booked under ``phase_name`` in the worker's budget, which is added to this
         process's."""
         results = []
-        for result, spent in self._workers().imap(_call_in_phase, [(phase_name, fn, item) for item in items], chunksize=1):
+        jobs = [(phase_name, fn, item) for item in items]
+        for result, spent in self._workers().imap(_call_in_phase, jobs, chunksize=1):
             BUDGET.merge(spent)
             results.append(result)
         return results
