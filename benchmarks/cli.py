@@ -63,11 +63,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 130
         from .run_outputs import write_run_outputs
 
-        with phase("report"):
-            report = write_report(df, f"nfebench: {cfg.name}")
-        written = write_run_outputs(out, df, start, html=not args.no_html, workers=workers)
+        reports = []
+
+        def markdown() -> None:  # written while the workers render the plots
+            with phase("report"):
+                reports.append(write_report(df, f"nfebench: {cfg.name}"))
+        written = write_run_outputs(out, df, start, html=not args.no_html, workers=workers, meanwhile=markdown)
     if not args.quiet:
-        print(report)
+        print(reports[0])
         print(f"{len(df)} cells in {time.perf_counter() - start:.1f} s -> {out}/results.csv, results.md, "
               f"metadata.json, {written}")
     return 0

@@ -12,8 +12,9 @@ threads (torch and the BLAS under numpy), at least one. This module imports noth
 ``nfebench run`` starts the workers first and they import torch and load the models side by
 side with the parent.
 
-The same workers then render the run's plots and sample grids (:meth:`Workers.map`), so a run
-with ``--jobs K`` keeps K processes busy after its last cell too instead of plotting in one.
+The same workers then render the run's plots and sample grids, one per task (:meth:`Workers.submit`),
+while the parent writes results.md, so a run with ``--jobs K`` keeps K processes busy after its
+last cell too instead of plotting in one.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def interleave_models(cells: List["Cell"]) -> List["Cell"]:
 
 class Workers:
     """K worker processes held for one invocation: its cells (:meth:`run_cells`), then any
-    other per-model work (:meth:`map`). Started at first use or by :meth:`start`; a context
+    other work shared out (:meth:`submit`, :meth:`map`). Started at first use or by :meth:`start`; a context
     manager that stops them (at once when the block raised)."""
 
     def __init__(self, config: ConfigSource, jobs: int, threads: Optional[int] = None):
@@ -133,20 +134,22 @@ class Workers:
         jobs = [(index[c.key], c.key, str(out_dir)) for c in interleave_models(todo)]
         yield from self._workers().imap_unordered(_run_one, jobs, chunksize=1)
 
-    def map(self, phase_name: str, fn: Callable[[Any], Any], items: Iterable[Any]) -> List[Any]:
-        """[fn(item) for item in items] computed in the workers (``fn`` a module-level function),
-        each call booked under ``phase_name`` in the worker's budget, which is added to this
-        process's."""
-        results = []
-        jobs = [(phase_name, fn, item) for item in items]
-        for result, spent in self._workers().imap(_call_in_phase, jobs, chunksize=1):
-            BUDGET.merge(spent)
-            results.append(result)
+    def submit(self, phase_name: str, fn: Callable[[Any], Any], items: Iterable[Any]) -> Callable[[], List[Any]]:
+        """Start [fn(item) for item in items] in the workers (``fn`` a module-level function, each
+        call booked under ``phase_name`` in the worker's budget) and return at once; the returned
+        function waits for the results and adds the workers' budgets to this process's."""
+        pending = self._workers().map_async(_call_in_phase, [(phase_name, fn, item) for item in items], chunksize=1)
+
+        def results() -> List[Any]:
+            done = pending.get()
+            for _, spent in done:
+                BUDGET.merge(spent)
+            return [result for result, _ in done]
         return results
 
-    def mapper(self, phase_name: str) -> Callable[[Callable[[Any], Any], Iterable[Any]], List[Any]]:
-        """:meth:`map` with the phase fixed: a drop-in for the built-in ``map``."""
-        return lambda fn, items: self.map(phase_name, fn, items)
+    def map(self, phase_name: str, fn: Callable[[Any], Any], items: Iterable[Any]) -> List[Any]:
+        """:meth:`submit`, waiting for the results."""
+        return self.submit(phase_name, fn, items)()
 
     def close(self, abort: bool = False) -> None:
         if self._pool is not None:

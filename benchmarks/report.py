@@ -4,14 +4,15 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from .results import KEY_COLUMNS, RESULT_COLUMNS, safe_file_name, write_bytes_atomic
 
-__all__ = ["metric_columns", "markdown_report", "render_plots", "plot_points", "write_plots", "plot_file_name", "compare",
+__all__ = ["metric_columns", "markdown_report", "render_plots", "plot_jobs", "render_plot", "plot_points", "write_plots",
+           "plot_file_name", "compare",
            "student_table", "student_rows", "best_series_rows", "pivot", "markdown_pivot", "LOWER_IS_BETTER"]
 
 #: metrics where lower is better (all current ones); the report marks the minimum per column
@@ -207,14 +208,18 @@ def plot_points(sub: pd.DataFrame, metric: str) -> Optional[pd.DataFrame]:
     return data if len(data[["series", "nfe_budget"]].drop_duplicates()) >= 2 else None
 
 
-def render_plots(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe",
-                 mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map
-                 ) -> List[Tuple[str, str, bytes]]:
+def render_plots(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe") -> List[Tuple[str, str, bytes]]:
     """Per model and metric: metric vs counted NFE (or ``x_axis="sequential_depth"``; log-log)
     and metric vs wall time with the Pareto front across samplers, as (model, metric, PNG bytes).
     Every series keeps one style (colour, marker, line) in all plots of the run
-    (:func:`benchmarks.palette.series_styles`). The models are rendered by ``mapper``: the
-    built-in map, or a process pool's, to render them side by side."""
+    (:func:`benchmarks.palette.series_styles`). One :func:`render_plot` per :func:`plot_jobs`
+    job (which worker processes can share out)."""
+    return [render_plot(job) for job in plot_jobs(df, dpi, x_axis)]
+
+
+def plot_jobs(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe") -> List[Tuple]:
+    """One job per plot for :func:`render_plot`: (model, metric, its plot points, the run's
+    series styles, dpi, x-axis), in model order and then metric order."""
     if x_axis not in X_AXES:
         raise ValueError(f"unknown x-axis {x_axis!r}; valid: {', '.join(X_AXES)}")
     if x_axis not in df.columns:
@@ -223,56 +228,55 @@ def render_plots(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe",
 
     ok = df[df["status"] == "ok"]
     styles = series_styles(list(df["series"]))
-    metrics = metric_columns(df)
-    jobs = [(model, ok[ok["model"] == model], metrics, styles, dpi, x_axis) for model in dict.fromkeys(ok["model"])]
-    return [plot for plots in mapper(_model_plots, jobs) for plot in plots]
+    jobs = []
+    for model in dict.fromkeys(ok["model"]):
+        sub = ok[ok["model"] == model]
+        for metric in metric_columns(df):
+            data = plot_points(sub, metric)
+            if data is not None:
+                jobs.append((model, metric, data, styles, dpi, x_axis))
+    return jobs
 
 
-def _model_plots(job: Tuple[str, pd.DataFrame, List[str], Dict[str, Dict], int, str]) -> List[Tuple[str, str, bytes]]:
-    """One model's plots (see :func:`render_plots`)."""
-    model, sub, metrics, styles, dpi, x_axis = job
+def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
+    """One plot of :func:`plot_jobs` as (model, metric, PNG bytes)."""
+    model, metric, data, styles, dpi, x_axis = job
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator
 
-    rendered = []
-    for metric in metrics:
-        data = plot_points(sub, metric)
-        if data is None:
-            continue
-        fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
-        for series, g in data.groupby("series", sort=False):
-            g = g.groupby("nfe_budget").agg({x_axis: "mean", metric: "mean", "wall_s": "mean"}).sort_values(x_axis)
-            style = dict(styles[series], ms=4)
-            ax_nfe.plot(g[x_axis], g[metric], label=series, **style)
-            ax_time.plot(g["wall_s"], g[metric], alpha=0.75, **{**style, "linestyle": ":"})
-        means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
-        front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
-        (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, drawstyle="steps-post")
-        for ax, xlabel in ((ax_nfe, X_AXES[x_axis]), (ax_time, "wall time per cell (s)")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):  # minor ticks at 2 and 5 only: a third of the drawing time
-                axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0), numticks=12))
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(metric)
-            ax.grid(True, which="both", alpha=0.3)
-        handles, labels = ax_nfe.get_legend_handles_labels()
-        handles.append(front_line)
-        labels.append("Pareto front (right)")
-        rows = math.ceil(len(labels) / 4)
-        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-        fig.suptitle(f"{model}: {metric}")
-        # Fixed margins (what tight_layout chose for these plots): tight_layout measured every
-        # tick label again and took half of the plotting time.
-        fig.subplots_adjust(left=0.06, right=0.988, top=0.9, bottom=0.035 * rows + 0.137, wspace=0.16)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
-        plt.close(fig)
-        rendered.append((model, metric, buf.getvalue()))
-    return rendered
+    fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
+    for series, g in data.groupby("series", sort=False):
+        g = g.groupby("nfe_budget").agg({x_axis: "mean", metric: "mean", "wall_s": "mean"}).sort_values(x_axis)
+        style = dict(styles[series], ms=4)
+        ax_nfe.plot(g[x_axis], g[metric], label=series, **style)
+        ax_time.plot(g["wall_s"], g[metric], alpha=0.75, **{**style, "linestyle": ":"})
+    means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
+    front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
+    (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, drawstyle="steps-post")
+    for ax, xlabel in ((ax_nfe, X_AXES[x_axis]), (ax_time, "wall time per cell (s)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # minor ticks at 2 and 5 only: a third of the drawing time
+            axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0), numticks=12))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = ax_nfe.get_legend_handles_labels()
+    handles.append(front_line)
+    labels.append("Pareto front (right)")
+    rows = math.ceil(len(labels) / 4)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(f"{model}: {metric}")
+    # Fixed margins (what tight_layout chose for these plots): tight_layout measured every
+    # tick label again and took half of the plotting time.
+    fig.subplots_adjust(left=0.06, right=0.988, top=0.9, bottom=0.035 * rows + 0.137, wspace=0.16)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return model, metric, buf.getvalue()
 
 
 def plot_file_name(model: str, metric: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import pandas as pd
 
@@ -26,21 +27,28 @@ def _budget(out: Path, start: float) -> dict:
     return budget
 
 
-def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = True, workers=None) -> str:
+def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = True, workers=None,
+                      meanwhile: Optional[Callable[[], None]] = None) -> str:
     """Plots, sample grids and (``html``) report.html for the run in ``out``; the time budget of
     the invocation that began at ``start`` (perf_counter) goes into metadata.json. ``workers``
-    (a :class:`~benchmarks.parallel.Workers`) render the models side by side. Returns a
-    short list of what was written."""
-    from .report import render_plots, write_plots
-    from .sample_grids import render_sample_grids, write_sample_grids
+    (a :class:`~benchmarks.parallel.Workers`) render the plots and grids side by side while this
+    process runs ``meanwhile`` (run first otherwise). Returns a short list of what was written."""
+    from .report import plot_jobs, render_plot, render_plots, write_plots
+    from .sample_grids import grid_jobs, render_grid, render_sample_grids, write_sample_grids
 
     if workers is None:
+        if meanwhile is not None:
+            meanwhile()
         with phase("plotting"):
             plots = render_plots(df)
             grids = render_sample_grids(out, df)
     else:  # the workers book their own plotting time
-        plots = render_plots(df, mapper=workers.mapper("plotting"))
-        grids = render_sample_grids(out, df, mapper=workers.mapper("plotting"))
+        plots_done = workers.submit("plotting", render_plot, plot_jobs(df))
+        grids_done = workers.submit("plotting", render_grid, grid_jobs(out, df))
+        if meanwhile is not None:
+            meanwhile()
+        plots = plots_done()
+        grids = [(model, png) for model, png in grids_done() if png is not None]
     with phase("result_writing"):
         write_plots(df, out, plots)
         write_sample_grids(out, df, grids)

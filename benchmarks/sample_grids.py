@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ import torch
 from .results import safe_file_name, write_bytes_atomic
 from .sweep.execute import PREVIEW_DIR, preview_data_file_name, preview_file_name
 
-__all__ = ["render_sample_grids", "write_sample_grids", "grid_file_name"]
+__all__ = ["render_sample_grids", "grid_jobs", "render_grid", "write_sample_grids", "grid_file_name"]
 
 IMAGE_PX = 28  # an image's side in the grid, at least (small images are enlarged by whole pixels)
 SCATTER_PX = 96
@@ -136,19 +136,22 @@ def _compose(model: str, seed: int, rows: List[str], columns: List[int], tiles: 
     return buf.getvalue()
 
 
-def render_sample_grids(run_dir: Path, df: pd.DataFrame,
-                        mapper: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map
-                        ) -> List[Tuple[str, bytes]]:
-    """(model, PNG bytes) for each model whose cells left previews in ``run_dir``; the models are
-    rendered by ``mapper`` (the built-in map, or a process pool's)."""
+def render_sample_grids(run_dir: Path, df: pd.DataFrame) -> List[Tuple[str, bytes]]:
+    """(model, PNG bytes) for each model whose cells left previews in ``run_dir``: one
+    :func:`render_grid` per :func:`grid_jobs` job (which worker processes can share out)."""
+    grids = [render_grid(job) for job in grid_jobs(run_dir, df)]
+    return [(model, png) for model, png in grids if png is not None]
+
+
+def grid_jobs(run_dir: Path, df: pd.DataFrame) -> List[Tuple[Path, str, pd.DataFrame]]:
+    """One job per model for :func:`render_grid` (none when the run kept no previews)."""
     folder = Path(run_dir) / PREVIEW_DIR
     if not folder.is_dir():
         return []
-    jobs = [(folder, model, df[df["model"] == model]) for model in dict.fromkeys(df["model"])]
-    return [(model, png) for model, png in mapper(_model_grid, jobs) if png is not None]
+    return [(folder, model, df[df["model"] == model]) for model in dict.fromkeys(df["model"])]
 
 
-def _model_grid(job: Tuple[Path, str, pd.DataFrame]) -> Tuple[str, Optional[bytes]]:
+def render_grid(job: Tuple[Path, str, pd.DataFrame]) -> Tuple[str, Optional[bytes]]:
     """One model's grid (None when its cells left no previews)."""
     folder, model, sub = job
     seed = int(sub["seed"].min())

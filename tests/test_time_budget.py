@@ -141,16 +141,17 @@ def test_the_workers_render_the_plots_and_grids_one_process_renders(tmp_path):
     """--jobs keeps its workers for the plots and sample grids: the same PNG bytes as rendered
     in one process, and their time booked in the run's budget."""
     from benchmarks.budget import BUDGET
-    from benchmarks.report import render_plots
-    from benchmarks.sample_grids import render_sample_grids
     from benchmarks.parallel import Workers
+    from benchmarks.report import plot_jobs, render_plot, render_plots
+    from benchmarks.sample_grids import grid_jobs, render_grid, render_sample_grids
 
     cfg = small_config()
     with Workers(cfg, 2) as workers:
         df = run_sweep(cfg, tmp_path / "run", progress=False, jobs=2, workers=workers)
         before = BUDGET.snapshot().get("plotting", 0.0)
-        plots = render_plots(df, mapper=workers.mapper("plotting"))
-        grids = render_sample_grids(tmp_path / "run", df, mapper=workers.mapper("plotting"))
+        plots = workers.map("plotting", render_plot, plot_jobs(df))
+        grids_done = workers.submit("plotting", render_grid, grid_jobs(tmp_path / "run", df))
+        grids = [(m, png) for m, png in grids_done() if png is not None]
         assert BUDGET.snapshot().get("plotting", 0.0) > before
     models = list(dict.fromkeys(df["model"]))
     assert len(models) == 2 and [(m, metric) for m, metric, _ in plots] == [(m, metric) for m in models for metric in QUALITY]
