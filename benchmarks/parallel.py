@@ -102,7 +102,7 @@ def interleave_models(cells: List["Cell"]) -> List["Cell"]:
 
 class Workers:
     """K worker processes held for one invocation: its cells (:meth:`run_cells`), then any
-    other work shared out (:meth:`submit`, :meth:`map`). Started at first use or by :meth:`start`; a context
+    other work shared out (:meth:`submit`). Started at first use or by :meth:`start`; a context
     manager that stops them (at once when the block raised)."""
 
     def __init__(self, config: ConfigSource, jobs: int, threads: Optional[int] = None):
@@ -146,10 +146,6 @@ class Workers:
                 BUDGET.merge(spent)
             return [result for result, _ in done]
         return results
-
-    def map(self, phase_name: str, fn: Callable[[Any], Any], items: Iterable[Any]) -> List[Any]:
-        """:meth:`submit`, waiting for the results."""
-        return self.submit(phase_name, fn, items)()
 
     def close(self, abort: bool = False) -> None:
         if self._pool is not None:

@@ -403,6 +403,12 @@ def _grid_options(name: str, config: Dict[str, Any], family: Family, mu: Optiona
     return options
 
 
+def _spacing_ends_on_timestep_0(spacing: Optional[str], steps_offset: Any) -> bool:
+    """Whether a DDIM/PNDM/DDPM spacing's last timestep is 0: linspace always, leading without a
+    steps_offset (trailing ends on T//N - 1)."""
+    return spacing == "linspace" or (spacing == "leading" and not int(steps_offset or 0))
+
+
 def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, fixed_stride: bool = False,
                    **step_arguments: Any) -> Tuple[str, Dict[str, Any]]:
     """(sampler name, options) that make :func:`solvers.sample` compute what diffusers' own loop
@@ -457,8 +463,7 @@ def from_diffusers(scheduler: Any, *, fractional_timesteps: bool = False, fixed_
         # stride counts N timesteps where the grid has N - 1 steps. For leading spacing the
         # stride is the grid's own, so landing on the next timestep is the same there.
         spacing = options.get("spacing")
-        ends_on_timestep_0 = not options["to_zero"] and (spacing == "linspace" or
-                                                         (spacing == "leading" and not options.get("steps_offset")))
+        ends_on_timestep_0 = not options["to_zero"] and _spacing_ends_on_timestep_0(spacing, options.get("steps_offset"))
         if ends_on_timestep_0 and spacing == "linspace":
             raise ValueError(f"{name} fixed_stride=True cannot reproduce linspace spacing with set_alpha_to_one=False "
                              f"(a zero-length last step from timestep 0); valid: set_alpha_to_one=True, or trailing "
@@ -516,15 +521,15 @@ def exact_in_diffusers(scheduler: Any, num_inference_steps: int, *, fractional_t
     spacing = family.fixed_spacing or config.get("timestep_spacing", _class_defaults(name).get("timestep_spacing", "leading"))
     if family is EDM_FAMILY and config.get("final_sigmas_type", "zero") == "sigma_min":
         return "diffusers' sigmas already end at sigma_min: its last step is zero-length and still calls the network"
-    if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS) and family.end == "timestep_0":
-        return ("diffusers' sigmas end with a zero-length step from sigma_min to itself that still calls the network "
-                "(and it calls the network at rounded or log-sigma interpolated timesteps)")
     if family.sigma_grids and any(config.get(k) for k in _SIGMA_GRID_KEYS):
+        if family.end == "timestep_0":
+            return ("diffusers' sigmas end with a zero-length step from sigma_min to itself that still calls the "
+                    "network (and it calls the network at rounded or log-sigma interpolated timesteps)")
         return "diffusers calls the network at a rounded or log-sigma interpolated timestep of each sigma"
     if family is STRIDE and (spacing == "linspace" or (spacing == "trailing" and t_train % n)) and not strided:
         return (f"diffusers steps t -> t - {t_train}//{n} and then evaluates at the next {spacing} timestep "
                 f"(from_diffusers(fixed_stride=True) reproduces this)")
-    last = spacing == "linspace" or (spacing == "leading" and not int(config.get("steps_offset", 0)))
+    last = _spacing_ends_on_timestep_0(spacing, config.get("steps_offset", 0))
     if family is STRIDE and last and not config.get("set_alpha_to_one", _class_defaults(name).get("set_alpha_to_one")):
         return "diffusers spends a network call on a zero-length last step, from timestep 0 to abar_0"
     if sampler == "pndm" and not strided and (t_train // n) % 2:

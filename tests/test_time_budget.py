@@ -149,7 +149,7 @@ def test_the_workers_render_the_plots_and_grids_one_process_renders(tmp_path):
     with Workers(cfg, 2) as workers:
         df = run_sweep(cfg, tmp_path / "run", progress=False, jobs=2, workers=workers)
         before = BUDGET.snapshot().get("plotting", 0.0)
-        plots = workers.map("plotting", render_plot, plot_jobs(df))
+        plots = workers.submit("plotting", render_plot, plot_jobs(df))()
         grids_done = workers.submit("plotting", render_grid, grid_jobs(tmp_path / "run", df))
         grids = [(m, png) for m, png in grids_done() if png is not None]
         assert BUDGET.snapshot().get("plotting", 0.0) > before

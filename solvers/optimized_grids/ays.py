@@ -193,11 +193,12 @@ def _coordinate_search(klub: klub_estimator, levels: np.ndarray, free: Sequence[
         passes += 1
         changed = False
         for i in free:
+            candidates = _candidates(levels, i)
             scores = [klub((stage, i - 1), cand, levels[i - 1]) + klub((stage, i), levels[i + 1], cand)
-                      for cand in _candidates(levels, i)]
+                      for cand in candidates]
             best = int(np.argmin(scores))
             if best != 0 and scores[best] < scores[0]:
-                levels[i] = _candidates(levels, i)[best]
+                levels[i] = candidates[best]
                 changed = True
         if not changed:
             break

@@ -40,7 +40,8 @@ def ddim_step(model: DiffusionModel, x: torch.Tensor, t: TimeLike, alpha_s: Coef
 
 
 @register("ddim", order=1, stochastic=False, nfe="N", paper="Song, Meng & Ermon 2021 (DDIM), eq. 12",
-          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},), checks={"eta": at_least(0.0), "landing": one_of(*LANDINGS)},
+          default_grid="uniform", stochastic_if="eta > 0", variants=({"eta": 1.0},),
+          checks={"eta": at_least(0.0), "landing": one_of(*LANDINGS)},
           known_as={"ComfyUI": "ddim", "diffusers": "DDIMScheduler"})
 def ddim(model: DiffusionModel, x_T: torch.Tensor, times: torch.Tensor, *, eta: float = 0.0,
          landing: str = "next", generator: Optional[torch.Generator] = None) -> torch.Tensor:
