@@ -1,5 +1,5 @@
 """Wall time and peak memory of a block, on CUDA (events + synchronize, max_memory_allocated)
-or on the CPU (perf_counter, peak resident set size polled from /proc)."""
+or on the CPU (perf_counter, the kernel's peak resident set size of the process)."""
 from __future__ import annotations
 
 import os
@@ -57,9 +57,32 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _reset_peak_rss() -> bool:
+    """Set the kernel's record of this process's peak RSS (VmHWM) to its current RSS, as Linux
+    (4.0 on) does when 5 is written to /proc/self/clear_refs; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM: the process's peak RSS since it started or since :func:`_reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmHWM line")
+
+
 class PeakMemory:
-    """Peak memory during a block in MB: CUDA max_memory_allocated, or the peak process RSS on
-    the CPU sampled every ``interval`` seconds by a background thread."""
+    """Peak memory during a block in MB: CUDA max_memory_allocated, or on the CPU the process's
+    peak RSS. On Linux the kernel keeps that peak exactly (reset at the start of the block,
+    read at its end: nothing runs beside the block); elsewhere a background thread samples the
+    RSS every ``interval`` seconds, which can miss a short peak. The CPU peak is the process's:
+    blocks must not nest or overlap in one process."""
 
     def __init__(self, device: torch.device, interval: float = 0.002):
         self.cuda = device.type == "cuda"
@@ -76,7 +99,10 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
+            return self
+        # A polling thread would take the GIL hundreds of times a second from the block it measures.
+        self._kernel_peak = _reset_peak_rss()
+        if not self._kernel_peak:
             self._peak = _rss_bytes()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -87,6 +113,8 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._kernel_peak:
+            self.mb = _peak_rss_bytes() / 2**20
         else:
             self._stop.set()
             self._thread.join()

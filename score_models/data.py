@@ -2,6 +2,7 @@
 scikit-learn's 8x8 digits (1797 labelled images that ship with scikit-learn) on a fixed split."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Dict, Optional, Tuple
 
@@ -64,12 +65,19 @@ def toy2d(name: str, n: int, generator: Optional[torch.Generator] = None) -> tor
 
 def digits(split: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's digits as ([N, 1, 8, 8] float32 in [-1, 1], [N] labels), on the fixed split
-    train_test_split(test_size=0.2, random_state=0, stratify=labels)."""
+    train_test_split(test_size=0.2, random_state=0, stratify=labels). Read once per process (the
+    first read imports scikit-learn: most of a second); each call returns its own copy."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"unknown split {split!r}; valid: train, test, all")
+    images, labels = _digits_split(split)
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.copy())
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"unknown split {split!r}; valid: train, test, all")
     d = load_digits()
     images = d.images.astype(np.float32) / 8.0 - 1.0  # pixel values 0..16 -> [-1, 1]
     labels = d.target.astype(np.int64)
@@ -77,4 +85,4 @@ def digits(split: str) -> Tuple[torch.Tensor, torch.Tensor]:
         tr_x, te_x, tr_y, te_y = train_test_split(images, labels, test_size=DIGITS_TEST_FRACTION,
                                                   random_state=DIGITS_SPLIT_SEED, stratify=labels)
         images, labels = (tr_x, tr_y) if split == "train" else (te_x, te_y)
-    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+    return images, labels

@@ -170,6 +170,10 @@ def test_fid_through_torch_fidelity_equals_an_independent_frechet_distance(tmp_p
     # and torch-fidelity's own calculate_metrics on the same images agrees
     import torch_fidelity
 
+    from benchmarks.extractors import register_with_torch_fidelity
+
+    register_with_torch_fidelity()
+
     class Images(torch.utils.data.Dataset):
         def __init__(self, x):
             self.x = to_uint8_images(x)

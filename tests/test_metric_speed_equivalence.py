@@ -3,7 +3,8 @@ per kernel matrix) give the values of torch-fidelity's functions and of the prev
 to 1e-9 relative, as functions and through the metric classes."""
 import pytest
 import torch
-from torch_fidelity.metric_fid import fid_statistics_to_metric
+import numpy as np
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 
 from benchmarks.metrics import FID, KID, REFERENCE_SEED, CellInfo, frechet_distance
@@ -22,7 +23,8 @@ def features(n, d, seed, scales=None, shift=0.0):
 
 
 def torch_fidelity_fid(x, y):
-    return fid_statistics_to_metric(feature_statistics(x), feature_statistics(y), verbose=False)["frechet_inception_distance"]
+    return fid_statistics_to_metric(fid_features_to_statistics(x), fid_features_to_statistics(y),
+                                    verbose=False)["frechet_inception_distance"]
 
 
 def nuclear_norm_fid(x, y):
@@ -48,6 +50,13 @@ def previous_mmd(x, y):
 
 def relative(a, b):
     return abs(a - b) / abs(b)
+
+
+@pytest.mark.parametrize("n,d", [(360, 16), (1000, 192)])
+def test_feature_statistics_are_torch_fidelitys_bit_for_bit(n, d):
+    x = features(n, d, 4, shift=0.3)
+    ours, theirs = feature_statistics(x), fid_features_to_statistics(x)
+    assert np.array_equal(ours["mu"], theirs["mu"]) and np.array_equal(ours["sigma"], theirs["sigma"])
 
 
 @pytest.mark.parametrize("n,d", SIZES)

@@ -1,4 +1,4 @@
-"""FID and KID: torch-fidelity's feature extractors (weights handed over as tensors), reference
+"""FID and KID: nfebench's own feature extractors or torch-fidelity's (weights handed over as tensors), reference
 features cached on disk, and the metric values by torch-fidelity's formulas, computed here with
 the reference side once per model (see :func:`frechet_distance` and :func:`kid_from_reference`)."""
 from __future__ import annotations
@@ -10,12 +10,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from score_models.parameterization import DiffusionModel
 from score_models.weights import load_tensors, one_line_error
 
 from ..budget import phase
+from ..extractors import OWN_EXTRACTORS
 from ..results import write_bytes_atomic
 from .base import REFERENCE_SEED, CellInfo, Metric, register_metric
 from .distances import exact_data, offdiagonal_sum
@@ -29,10 +31,11 @@ CACHE_ENV = "NFEBENCH_CACHE"
 
 
 def feature_statistics(features: torch.Tensor) -> Dict[str, Any]:
-    """Mean and covariance of a feature set, as torch-fidelity's FID takes them."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    return fid_features_to_statistics(features.double().cpu())
+    """Mean and covariance of a feature set in float64, as torch-fidelity's FID takes them: the
+    numpy calls of its fid_features_to_statistics (equal to it bit for bit, tested), made here so
+    that a run need not import torch-fidelity, which takes over a second in every process."""
+    f = features.detach().double().cpu().numpy()
+    return {"mu": np.mean(f, axis=0), "sigma": np.cov(f, rowvar=False)}
 
 
 def frechet_reference(statistics: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -127,13 +130,12 @@ def cache_dir(reference: Dict[str, Any]) -> Path:
 #: module-level download hook of each is given the tensors): torch-fidelity would unpickle a
 #: weights path with weights_only=False, which runs any code a crafted file carries.
 _HANDED_OVER = {"inception-v3-compat": "torch_fidelity.feature_extractor_inceptionv3"}
-#: nfebench's own extractors (benchmarks/extractors.py) read their weights path safely themselves.
-_OWN_EXTRACTORS = ("pixels", "digits-classifier")
 
 
 def usable_extractors() -> list:
-    """The extractor names a config may give: the ones whose weights nfebench reads itself."""
-    return sorted(set(_HANDED_OVER) | set(_OWN_EXTRACTORS))
+    """The extractor names a config may give: the ones whose weights nfebench reads itself
+    (its own read their weights path as tensors)."""
+    return sorted(set(_HANDED_OVER) | set(OWN_EXTRACTORS))
 
 
 def _download_hook(state_dict: Optional[Dict[str, torch.Tensor]]):
@@ -149,16 +151,22 @@ def _download_hook(state_dict: Optional[Dict[str, torch.Tensor]]):
 
 
 def make_extractor(reference: Dict[str, Any], device: torch.device):
-    """A torch-fidelity feature extractor from [run.reference] (extractor, weights)."""
+    """(name, feature layer, extractor) from [run.reference] (extractor, weights): one of
+    nfebench's own (built without importing torch-fidelity) or a torch-fidelity one."""
     import importlib
     from unittest import mock
+
+    name = reference.get("extractor", "inception-v3-compat")
+    weights = reference.get("weights") or (os.environ.get(INCEPTION_ENV) if name.startswith("inception") else None)
+    if name in OWN_EXTRACTORS:
+        if weights and not Path(weights).is_file():
+            raise ValueError(f"feature extractor weights {weights!r} do not exist")
+        own = OWN_EXTRACTORS[name]
+        return name, own.LAYER, own(str(weights) if weights else None).requires_grad_(False).eval().to(device)
 
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
 
-    from .. import extractors  # noqa: F401  (registers nfebench's own extractors)
-
-    name = reference.get("extractor", "inception-v3-compat")
     usable = usable_extractors()
     if name not in FEATURE_EXTRACTORS_REGISTRY:
         raise ValueError(f"unknown feature extractor {name!r}; valid: {', '.join(usable)}")
@@ -167,14 +175,9 @@ def make_extractor(reference: Dict[str, Any], device: torch.device):
                          f"{', '.join(usable)}")
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     kwargs: Dict[str, Any] = {"verbose": False}
-    weights = reference.get("weights") or (os.environ.get(INCEPTION_ENV) if name.startswith("inception") else None)
     if weights and not Path(weights).is_file():
         raise ValueError(f"feature extractor weights {weights!r} do not exist")
     layer = cls.get_default_feature_layer_for_metric("fid")
-    if name in _OWN_EXTRACTORS:
-        if weights:
-            kwargs["feature_extractor_weights_path"] = str(weights)
-        return name, layer, create_feature_extractor(name, [layer], cuda=device.type == "cuda", **kwargs)
     state_dict = load_tensors(weights) if weights else None
     module = importlib.import_module(_HANDED_OVER[name])
     try:
@@ -278,8 +281,6 @@ class KID(_FeatureDistance):
     columns = ("kid", "kid_std")
 
     def result(self) -> Dict[str, float]:
-        from torch_fidelity.metric_kid import kid_features_to_metric
-
         if not self.applies:
             return {"kid": math.nan, "kid_std": math.nan}
         x = torch.cat(self.features)
@@ -296,6 +297,8 @@ class KID(_FeatureDistance):
         # 100 subsets of 1000 (torch-fidelity's defaults); when a subset is the whole set every
         # subset is the same, so one suffices. Kernel: torch-fidelity's default cubic polynomial.
         subsets = 1 if subset == min(len(x), len(ref)) else 100
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
         value = kid_features_to_metric(x, ref, kid_subsets=subsets, kid_subset_size=subset, verbose=False,
                                        rng_seed=REFERENCE_SEED % 2**31)
         return {"kid": value["kernel_inception_distance_mean"], "kid_std": value["kernel_inception_distance_std"]}
