@@ -276,80 +276,8 @@ def _log_ticks():
     return InViewLogLocator, PlainLogFormatter
 
 
-#: Minor ticks of the log axes at 2 and 5 times each power of ten only (fewer ticks to draw),
-#: and the grid lines' opacity.
+#: Minor ticks of the log axes at 2 and 5 times each power of ten only (a third less drawing).
 MINOR_SUBS = (2.0, 5.0)
-GRID_ALPHA = 0.3
-
-
-def _minor_ticks(axis, locator) -> None:
-    """The minor ticks of ``locator`` on ``axis`` (of a log scale, its data all plotted) with
-    their grid lines. Where the view holds two or more powers of ten the minor ticks are not
-    labelled, and they are drawn as two lines (the tick marks, the grid lines) rather than as
-    matplotlib ticks of five artists each, which took a sixth of the plotting time; the
-    same pixels. Narrower views keep matplotlib's minor ticks, labels and all."""
-    import matplotlib as mpl
-    from matplotlib.lines import TICKDOWN, TICKLEFT, Line2D
-    from matplotlib.ticker import NullLocator
-
-    lo, hi = sorted(axis.get_view_interval())  # autoscales the view now rather than when drawn
-    # Powers of ten in the view, counted as LogFormatter counts them: it labels minor ticks
-    # where there is at most one.
-    decades = math.floor(math.log(hi, 10.0)) - math.floor(math.nextafter(math.log(lo, 10.0), -math.inf))
-    if decades < 2:
-        axis.set_minor_locator(locator)
-        return
-    axis.set_minor_locator(NullLocator())
-    ax, name = axis.axes, axis.axis_name
-    locs = [loc for loc in locator.tick_values(lo, hi) if lo <= loc <= hi]
-    across = [(0.0, 1.0, math.nan)] * len(locs)  # each grid line spans the axes, NaN ends it
-    along = [(loc, loc, math.nan) for loc in locs]
-    grid_xy = (np.ravel(along), np.ravel(across)) if name == "x" else (np.ravel(across), np.ravel(along))
-    marks_xy = (locs, [0.0] * len(locs)) if name == "x" else ([0.0] * len(locs), locs)
-    transform = ax.get_xaxis_transform if name == "x" else ax.get_yaxis_transform
-    # Styled as matplotlib styles minor ticks and their grid lines (rcParams, the axis' zorder);
-    # add_artist, unlike plot, leaves the data limits and so the view alone.
-    rc, tick, zorder = mpl.rcParams, f"{name}tick", axis.get_zorder()
-    ax.add_artist(Line2D(*grid_xy, transform=transform(which="grid"), zorder=zorder, color=rc["grid.color"],
-                         alpha=GRID_ALPHA, linestyle=rc["grid.linestyle"], linewidth=rc["grid.linewidth"]))
-    ax.add_artist(Line2D(*marks_xy, transform=transform(which="tick1"), zorder=zorder, linestyle="none",
-                         marker=TICKDOWN if name == "x" else TICKLEFT, color=rc[f"{tick}.color"],
-                         markeredgecolor=rc[f"{tick}.color"], markersize=rc[f"{tick}.minor.size"],
-                         markeredgewidth=rc[f"{tick}.minor.width"], clip_on=False))
-
-
-#: A trade-off plot's size in inches: two panels side by side, the legend below.
-PLOT_SIZE = (13, 5.2)
-#: The Pareto front's line on the wall-time panel, and its legend entry.
-FRONT_STYLE = {"color": "black", "lw": 1.5, "drawstyle": "steps-post"}
-
-
-@functools.lru_cache(maxsize=16)
-def _legend_pixels(entries: Tuple, dpi: int) -> Tuple[np.ndarray, int, int]:
-    """The legend of a plot whose series are ``entries`` ((name, style items), in order) with the
-    Pareto front last, drawn where the plot has it on a transparent figure of the plot's size:
-    its RGBA pixels (top row first) and their offset from the bottom left corner. A model's
-    plots share their series, so a process draws each legend once (drawing it took a quarter
-    of the plotting time) and pastes it, and the pixels come out the same whichever plot drew it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    fig = Figure(figsize=PLOT_SIZE, dpi=dpi, facecolor="none")
-    canvas = FigureCanvasAgg(fig)
-    handles = [Line2D([], [], **dict(style, ms=4)) for _, style in entries] + [Line2D([], [], **FRONT_STYLE)]
-    labels = [name for name, _ in entries] + ["Pareto front (right)"]
-    legend = fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())
-    height, width = pixels.shape[:2]
-    box = legend.get_window_extent()
-    # The legend's box and 2 pixels for antialiasing: pasting costs by the pixel.
-    x0, y0 = max(0, math.floor(box.x0) - 2), max(0, math.floor(box.y0) - 2)
-    x1, y1 = min(width, math.ceil(box.x1) + 2), min(height, math.ceil(box.y1) + 2)
-    cut = pixels[height - y1:height - y0, x0:x1].copy()
-    cut.flags.writeable = False  # shared by every plot that pastes it
-    return cut, x0, y0
 
 
 def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
@@ -361,7 +289,7 @@ def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
     import matplotlib.pyplot as plt
 
     in_view_locator, plain_formatter = _log_ticks()
-    fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=PLOT_SIZE)
+    fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
     # One groupby for every series (sorted by series, then NFE): one per series took 7% of the
     # plotting time.
     means = data.groupby(["series", "nfe_budget"])[list(dict.fromkeys([x_axis, metric, "wall_s"]))].mean()
@@ -372,7 +300,7 @@ def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
         ax_nfe.plot(g[x_axis].to_numpy(), g[metric].to_numpy(), label=series, **style)
         ax_time.plot(g["wall_s"].to_numpy(), g[metric].to_numpy(), alpha=0.75, **{**style, "linestyle": ":"})
     front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
-    ax_time.plot(front["wall_s"], front[metric], **FRONT_STYLE)
+    (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, drawstyle="steps-post")
     for ax, xlabel in ((ax_nfe, X_AXES[x_axis]), (ax_time, "wall time per cell (s)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -380,13 +308,15 @@ def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
             axis.set_major_locator(in_view_locator(base=10))
             axis.set_major_formatter(plain_formatter(base=10))
             axis.set_minor_formatter(plain_formatter(base=10))
-            _minor_ticks(axis, in_view_locator(base=10, subs=MINOR_SUBS, numticks=12))
+            axis.set_minor_locator(in_view_locator(base=10, subs=MINOR_SUBS, numticks=12))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
-        ax.grid(True, which="both", alpha=GRID_ALPHA)
-    entries = tuple((series, tuple(styles[series].items())) for series in dict.fromkeys(data["series"]))
-    rows = math.ceil((len(entries) + 1) / 4)
-    fig.figimage(*_legend_pixels(entries, dpi), origin="upper")
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = ax_nfe.get_legend_handles_labels()
+    handles.append(front_line)
+    labels.append("Pareto front (right)")
+    rows = math.ceil(len(labels) / 4)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle(f"{model}: {metric}")
     # Fixed margins (what tight_layout chose for these plots): tight_layout measured every
     # tick label again and took half of the plotting time.
