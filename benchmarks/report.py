@@ -1,8 +1,10 @@
 """Readable tables and trade-off plots from a results table, and the regression comparison."""
 from __future__ import annotations
 
+import functools
 import io
 import math
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -238,6 +240,46 @@ def plot_jobs(df: pd.DataFrame, dpi: int = 96, x_axis: str = "nfe") -> List[Tupl
     return jobs
 
 
+#: Superscript digits and minus, for tick labels such as 10⁻² without mathtext.
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_ticks():
+    """The log axes' locator and formatter classes (made on first use: matplotlib is imported
+    only by the processes that plot)."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+    class InViewLogLocator(LogLocator):
+        """LogLocator's ticks inside the view only. LogLocator adds a decade or more either side
+        and the axis makes a tick (five artists) for every location, drawn or not."""
+
+        def __call__(self):
+            vmin, vmax = sorted(self.axis.get_view_interval())
+            locs = super().__call__()
+            # A little slack: the axis decides what is drawn, this only drops what cannot be.
+            return locs[(locs >= vmin * (1 - 1e-6)) & (locs <= vmax * (1 + 1e-6))]
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        """LogFormatterSciNotation's labels on the same ticks, as plain text with unicode
+        superscripts (10⁻², 2×10⁻¹): its mathtext labels went through a pyparsing parse each
+        (an eighth of a fresh process's plotting time) and a slower way of drawing text."""
+
+        def __call__(self, x, pos=None):
+            label = super().__call__(x, pos)
+            math_text = re.fullmatch(r"\$\\mathdefault\{(.*)\}\$", label)
+            if math_text is None:
+                return label
+            text = re.sub(r"\^\{(-?\d+)\}", lambda m: m.group(1).translate(_SUPERSCRIPT), math_text.group(1))
+            return text.replace(r"\times", "×")
+
+    return InViewLogLocator, PlainLogFormatter
+
+
+#: Minor ticks of the log axes at 2 and 5 times each power of ten only (a third less drawing).
+MINOR_SUBS = (2.0, 5.0)
+
+
 def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
     """One plot of :func:`plot_jobs` as (model, metric, PNG bytes)."""
     model, metric, data, styles, dpi, x_axis = job
@@ -245,22 +287,28 @@ def render_plot(job: Tuple) -> Tuple[str, str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator
 
+    in_view_locator, plain_formatter = _log_ticks()
     fig, (ax_nfe, ax_time) = plt.subplots(1, 2, figsize=(13, 5.2))
-    for series, g in data.groupby("series", sort=False):
-        g = g.groupby("nfe_budget").agg({x_axis: "mean", metric: "mean", "wall_s": "mean"}).sort_values(x_axis)
+    # One groupby for every series (sorted by series, then NFE): one per series took 7% of the
+    # plotting time.
+    means = data.groupby(["series", "nfe_budget"])[list(dict.fromkeys([x_axis, metric, "wall_s"]))].mean()
+    in_series = means.index.get_level_values("series")
+    for series in dict.fromkeys(data["series"]):
+        g = means[in_series == series].sort_values(x_axis, kind="stable")
         style = dict(styles[series], ms=4)
-        ax_nfe.plot(g[x_axis], g[metric], label=series, **style)
-        ax_time.plot(g["wall_s"], g[metric], alpha=0.75, **{**style, "linestyle": ":"})
-    means = data.groupby(["series", "nfe_budget"]).agg({metric: "mean", "wall_s": "mean"}).reset_index()
+        ax_nfe.plot(g[x_axis].to_numpy(), g[metric].to_numpy(), label=series, **style)
+        ax_time.plot(g["wall_s"].to_numpy(), g[metric].to_numpy(), alpha=0.75, **{**style, "linestyle": ":"})
     front = means.iloc[_pareto(means[["wall_s", metric]].to_numpy(dtype=float))]
     (front_line,) = ax_time.plot(front["wall_s"], front[metric], color="black", lw=1.5, drawstyle="steps-post")
     for ax, xlabel in ((ax_nfe, X_AXES[x_axis]), (ax_time, "wall time per cell (s)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):  # minor ticks at 2 and 5 only: a third of the drawing time
-            axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0), numticks=12))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(in_view_locator(base=10))
+            axis.set_major_formatter(plain_formatter(base=10))
+            axis.set_minor_formatter(plain_formatter(base=10))
+            axis.set_minor_locator(in_view_locator(base=10, subs=MINOR_SUBS, numticks=12))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)
