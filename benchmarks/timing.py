@@ -80,7 +80,7 @@ def _peak_rss_bytes() -> int:
 class PeakMemory:
     """Peak memory during a block in MB: CUDA max_memory_allocated, or on the CPU the process's
     peak RSS. On Linux the kernel keeps that peak exactly (reset at the start of the block,
-    read at its end: nothing runs beside the block); elsewhere a background thread samples the
+    read at its end: no thread runs beside the block); elsewhere a background thread samples the
     RSS every ``interval`` seconds, which can miss a short peak. The CPU peak is the process's:
     blocks must not nest or overlap in one process."""
 

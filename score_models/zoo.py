@@ -132,9 +132,10 @@ def _base_network(base: str, unit_time: bool = False) -> tuple:
             return data.toy2d(dataset, n, generator).to(device=device, dtype=dtype)
     elif base == "digits-unet":
         net, schedule, shape = DigitsUNet(time_scale=1000.0 if unit_time else 1.0), DiscreteVP.linear(1000, 1e-4, 0.02), (1, 8, 8)
+
         def sample_data(n, generator=None, dtype=torch.float32, device="cpu"):
             # The held-out split itself (at most its 360 images): a fixed reference set, read
-            # when first asked for (a run whose reference features are cached never reads it).
+            # when first asked for, not when the model is loaded.
             return data.digits("test")[0][:n].to(device=device, dtype=dtype)
     else:
         raise ValueError(f"no shipped architecture {base!r}")
