@@ -6,6 +6,8 @@ tables through :func:`read_results`; every file nfebench writes goes through
 content, never half of it."""
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import tempfile
@@ -13,10 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["ResultRow", "RESULT_COLUMNS", "KEY_COLUMNS", "TEXT_COLUMNS", "read_results", "write_atomic",
-           "write_bytes_atomic", "safe_file_name", "append_csv_row", "drop_partial_line"]
+           "write_bytes_atomic", "safe_file_name", "csv_line", "append_csv_row", "drop_partial_line"]
 
 NAN = math.nan
 
@@ -122,11 +125,31 @@ def write_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text)
 
 
+def csv_line(columns: List[str], row: Dict[str, Any]) -> str:
+    """``row`` as one line of a CSV table whose header is ``columns``, the line pandas' to_csv
+    writes for it (tested on the rows of a sweep and on awkward values): values as str() gives
+    them (repr for floats), NaN and missing values empty, quoting where needed. Built with the
+    csv module: a one-row DataFrame took 2.6 ms a row, in the process that collects the rows
+    while the workers sample."""
+    buffer = io.StringIO()
+    fields = [_csv_field(row.get(column)) for column in columns]
+    # A lone empty field would make a blank line: csv and pandas both write it quoted.
+    csv.writer(buffer, lineterminator=os.linesep).writerow(fields)
+    return buffer.getvalue()
+
+
+def _csv_field(value: Any) -> Any:
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return ""
+    return value
+
+
 def append_csv_row(path: Path, columns: List[str], row: Dict[str, Any]) -> None:
-    """Append one row to a CSV table whose header is ``columns``: one ``write`` of one whole line
-    on a file opened for appending, so the table grows by a row, not by a rewrite of all rows. A
-    line cut short by a crash has no newline yet; :func:`drop_partial_line` removes it on resume."""
-    line = pd.DataFrame([row], columns=columns).to_csv(header=False, index=False).encode()
+    """Append one row to a CSV table whose header is ``columns`` (:func:`csv_line`): one
+    ``write`` of one whole line on a file opened for appending, so the table grows by a row, not
+    by a rewrite of all rows. A line cut short by a crash has no newline yet;
+    :func:`drop_partial_line` removes it on resume."""
+    line = csv_line(columns, row).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         written = 0
