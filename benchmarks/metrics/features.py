@@ -1,6 +1,7 @@
-"""FID and KID: nfebench's own feature extractors or torch-fidelity's (weights handed over as tensors), reference
-features cached on disk, and the metric values by torch-fidelity's formulas, computed here with
-the reference side once per model (see :func:`frechet_distance` and :func:`kid_from_reference`)."""
+"""FID and KID: nfebench's own feature extractors or torch-fidelity's (weights handed over as
+tensors), reference features cached on disk, and the metric values by torch-fidelity's formulas,
+computed here with the reference side once per model (see :func:`frechet_distance` and
+:func:`kid_from_reference`)."""
 from __future__ import annotations
 
 import hashlib
@@ -297,7 +298,7 @@ class KID(_FeatureDistance):
         # 100 subsets of 1000 (torch-fidelity's defaults); when a subset is the whole set every
         # subset is the same, so one suffices. Kernel: torch-fidelity's default cubic polynomial.
         subsets = 1 if subset == min(len(x), len(ref)) else 100
-        from torch_fidelity.metric_kid import kid_features_to_metric
+        from torch_fidelity.metric_kid import kid_features_to_metric  # only this path needs torch-fidelity
 
         value = kid_features_to_metric(x, ref, kid_subsets=subsets, kid_subset_size=subset, verbose=False,
                                        rng_seed=REFERENCE_SEED % 2**31)
