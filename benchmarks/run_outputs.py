@@ -34,7 +34,7 @@ def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = Tr
     (a :class:`~benchmarks.parallel.Workers`) render the plots and grids side by side while this
     process runs ``meanwhile`` (run first otherwise). Returns a short list of what was written."""
     from .report import plot_jobs, render_plot, render_plots, write_plots
-    from .sample_grids import grid_jobs, render_grid, render_sample_grids, write_sample_grids
+    from .sample_grids import drawn_grids, grid_jobs, render_grid, render_sample_grids, write_sample_grids
 
     if workers is None:
         if meanwhile is not None:
@@ -48,7 +48,7 @@ def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = Tr
         if meanwhile is not None:
             meanwhile()
         plots = plots_done()
-        grids = [(model, png) for model, png in grids_done() if png is not None]
+        grids = drawn_grids(grids_done())
     with phase("result_writing"):
         write_plots(df, out, plots)
         write_sample_grids(out, df, grids)
@@ -57,8 +57,7 @@ def write_run_outputs(out: Path, df: pd.DataFrame, start: float, html: bool = Tr
         from .html_report import REPORT_FILE, budget_section, html_report
         from .results import write_atomic
 
-        meta_path = Path(out) / "metadata.json"
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads((Path(out) / "metadata.json").read_text())
         meta["time_budget"] = _budget(out, start)
         with phase("report"):
             # The page's budget shows the report's own cost too: rendered and timed once, then

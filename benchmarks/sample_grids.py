@@ -20,7 +20,7 @@ import torch
 from .results import safe_file_name, write_bytes_atomic
 from .sweep.execute import PREVIEW_DIR, preview_data_file_name, preview_file_name
 
-__all__ = ["render_sample_grids", "grid_jobs", "render_grid", "write_sample_grids", "grid_file_name"]
+__all__ = ["render_sample_grids", "grid_jobs", "render_grid", "drawn_grids", "write_sample_grids", "grid_file_name"]
 
 IMAGE_PX = 28  # an image's side in the grid, at least (small images are enlarged by whole pixels)
 SCATTER_PX = 96
@@ -145,8 +145,12 @@ def _compose(model: str, seed: int, rows: List[str], columns: List[int], tiles: 
 def render_sample_grids(run_dir: Path, df: pd.DataFrame) -> List[Tuple[str, bytes]]:
     """(model, PNG bytes) for each model whose cells left previews in ``run_dir``: one
     :func:`render_grid` per :func:`grid_jobs` job (which worker processes can share out)."""
-    grids = [render_grid(job) for job in grid_jobs(run_dir, df)]
-    return [(model, png) for model, png in grids if png is not None]
+    return drawn_grids([render_grid(job) for job in grid_jobs(run_dir, df)])
+
+
+def drawn_grids(rendered: List[Tuple[str, Optional[bytes]]]) -> List[Tuple[str, bytes]]:
+    """The :func:`render_grid` results that are grids (a model whose previews are missing gives none)."""
+    return [(model, png) for model, png in rendered if png is not None]
 
 
 def grid_jobs(run_dir: Path, df: pd.DataFrame) -> List[Tuple[Path, str, pd.DataFrame]]:

@@ -98,9 +98,7 @@ def mmd_from_reference(x: torch.Tensor, reference: Dict[str, object]) -> float:
     """The per-cell side of :func:`mmd_rbf`: each kernel matrix by one matmul
     (:func:`gaussian_kernel`), the x-x kernel over each pair once (:func:`offdiagonal_sum`)."""
     x = x.reshape(x.shape[0], -1).double()
-    y, bandwidth = reference["y"], reference["bandwidth"]
-    y_half_sq = reference.get("y_half_sq")
-    y_half_sq = (y * y).sum(1) / 2 if y_half_sq is None else y_half_sq
+    y, y_half_sq, bandwidth = reference["y"], reference["y_half_sq"], reference["bandwidth"]
     x_half_sq = (x * x).sum(1) / 2
     n = len(x)
     kxx_sum = offdiagonal_sum(n, lambda rows, cols: gaussian_kernel(x[rows], x_half_sq[rows], x[cols], x_half_sq[cols],
